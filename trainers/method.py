@@ -1,0 +1,81 @@
+"""The contract between the shared training loop and each method (LiteEval, AR-Net, SoF-Net,
+C2F, baselines).
+
+The loop knows nothing about any method: it builds a `Batch` from the feature store, calls
+`model(batch, state)` to get a `MethodOutput`, and `model.loss(output, batch, state)` to get a
+scalar and named parts for logging. Methods differ only in their module and their loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Batch:
+    """A padded batch of videos.
+
+    features: view name -> float32 [B, T, D] (zeros past each video's length).
+    stages: view name -> stage name -> float32 [B, T, D_s] (per-stage pooled features, when the
+        method asks for them).
+    lengths: int64 [B], number of valid frames per video.
+    mask: bool [B, T], True on valid frames.
+    targets: float32 [B, C] multi-hot labels (single-label datasets have one 1 per row).
+    video_ids: the store ids, in batch order.
+    """
+
+    features: dict[str, torch.Tensor]
+    lengths: torch.Tensor
+    mask: torch.Tensor
+    targets: torch.Tensor
+    video_ids: list[str]
+    stages: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    """What a method may read about training progress (temperature schedules, stages)."""
+
+    epoch: int = 0
+    step: int = 0
+    stage: str = "joint"
+    training: bool = True
+
+
+@dataclass
+class MethodOutput:
+    """What every method returns for a batch.
+
+    logits: [B, C] video-level scores (the prediction used for mAP/top-1).
+    gflops: [B] cost of each video: measured per-frame cost of every backbone view and stage the
+        policy actually executed, plus the policy's own cost (see trainers.cost).
+    frames_used: view name -> [B] number of frames on which that view's backbone ran.
+    decisions: [B, T] int64 per-frame decision code (method-defined, -1 past the end), for the
+        decision strips in reports; `decision_names` maps code -> label.
+    extras: method-specific tensors the loss needs (gate probabilities, inner logits, ...).
+    """
+
+    logits: torch.Tensor
+    gflops: torch.Tensor
+    frames_used: dict[str, torch.Tensor]
+    decisions: torch.Tensor
+    decision_names: dict[int, str]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """A torch module implementing one method."""
+
+    #: views the method needs from the store, in coarse → fine order
+    required_views: tuple[str, ...]
+    #: whether the batch must include per-stage pooled features
+    needs_stages: bool
+
+    def __call__(self, batch: Batch, state: TrainState) -> MethodOutput: ...
+
+    def loss(
+        self, out: MethodOutput, batch: Batch, state: TrainState
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...

@@ -1,9 +1,313 @@
-"""`c2f` commands of the ingest group (filled in by the issue that owns them)."""
+"""`c2f manifest`, `c2f synth` and `c2f shards`: from video files to WebDataset shards.
+
+Handlers only parse arguments, call the library (pipeline.manifest, pipeline.synth,
+pipeline.shards, cluster.executor) and turn outcomes into exit codes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from cluster.executor import MODES, RunError, run_plans
+from cluster.progress import Progress
+from pipeline import manifest as mf
+from pipeline.encode import CODECS
+from pipeline.types import SAMPLING_MODES, FrameFormat, SamplingPlan
+
+EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+
+MANIFEST_EPILOG = """\
+Every builder writes one Parquet table with columns video_id (string), path (string, absolute),
+labels (list<string>), split (string), duration (double, may be null). Checks: duplicate ids are
+an error (nothing is written); missing files, and labels not in --classes, are listed and those
+videos are left out (or, with --strict, nothing is written).
+Exit codes: 0 written and clean, 1 written with videos left out (listed on stderr), 2 refused.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this group's subcommands to the top-level parser."""
+    """Add `manifest`, `synth` and `shards` to the top-level parser."""
+    _register_manifest(sub)
+    _register_synth(sub)
+    _register_shards(sub)
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+
+def _register_manifest(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "manifest",
+        help="build or check a manifest (the video list every ingest stage reads)",
+        description="Build a manifest from a CSV, JSONL, class folders, ActivityNet v1.3 JSON or "
+        "the FCVID release lists, or check an existing one.",
+        epilog=MANIFEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+
+    def builder(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = kinds.add_parser(name, help=help_text, description=description, epilog=MANIFEST_EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--out", required=True, type=Path, help="manifest Parquet file to write")
+        p.add_argument("--classes", type=Path,
+                       help="class list (one name per line); labels not in it are reported")
+        p.add_argument("--strict", action="store_true",
+                       help="refuse (write nothing) on missing files or unknown labels")
+        p.set_defaults(handler=_manifest_build)
+        return p
+
+    p = builder("csv", "from a CSV with a header row",
+                "CSV columns: path (required; relative to --root, default the CSV's folder), "
+                "video_id (default: path without extension), labels or label (several labels "
+                "separated by '|' or ';'), split, duration (seconds). Other columns are ignored.")
+    p.add_argument("input", type=Path, help="CSV file")
+    p.add_argument("--root", type=Path, help="folder that relative paths start from")
+    p.add_argument("--default-split", default="train", help="split for rows without one")
+
+    p = builder("jsonl", "from JSON Lines",
+                "One JSON object per line with the CSV's keys; labels is a list of strings.")
+    p.add_argument("input", type=Path, help="JSONL file")
+    p.add_argument("--root", type=Path, help="folder that relative paths start from")
+    p.add_argument("--default-split", default="train", help="split for rows without one")
+
+    p = builder("folder", "from class folders ROOT/<class>/<file>",
+                "Each video file under ROOT/<class>/ gets label <class> and id "
+                "<class>/<file name without extension>.")
+    p.add_argument("input", type=Path, help="ROOT folder")
+    p.add_argument("--split", default="train", help="split given to every video")
+
+    p = builder("activitynet", "from ActivityNet v1.3 JSON",
+                "Reads database -> {id: {subset, duration, annotations: [{segment, label}]}}. "
+                "Videos are found anywhere under --videos as v_<id>.<ext> or <id>.<ext>. Labels "
+                "are the distinct annotation labels (none for the testing subset); subsets map "
+                "training/validation/testing to train/val/test.")
+    p.add_argument("input", type=Path, help="ActivityNet JSON (e.g. activity_net.v1-3.min.json)")
+    p.add_argument("--videos", required=True, type=Path, help="folder holding the videos")
+    p.add_argument("--subset", action="append", choices=sorted(mf.ACTIVITYNET_SPLITS),
+                   help="keep only this ActivityNet subset (repeatable; default all)")
+
+    p = builder("fcvid", "from the FCVID release's list and label files",
+                "--split-file (materials/FCVID_VideoName_TrainTestSplit.txt): one line per "
+                "video, '<relative path> <train|test>', paths relative to --videos. "
+                "--label-file (materials/FCVID_Label.txt): one line per video in the same order, "
+                "whitespace-separated 0/1 per category; every 1 is a label (multi-label). "
+                "--categories (optional): one category name per line in column order, a leading "
+                "index number ignored; without it labels are 0-based column numbers.")
+    p.add_argument("--split-file", required=True, type=Path, help="video list with splits")
+    p.add_argument("--label-file", required=True, type=Path, help="0/1 label matrix")
+    p.add_argument("--categories", type=Path, help="category names, one per line")
+    p.add_argument("--videos", required=True, type=Path, help="folder the list's paths start from")
+
+    p = kinds.add_parser(
+        "check", help="check an existing manifest",
+        description="Read a manifest (refusing unreadable files, missing columns, nulls, "
+        "duplicate ids) and report missing files and unknown labels. Exit 0 clean, 1 problems "
+        "found, 2 unreadable.")
+    p.add_argument("input", type=Path, help="manifest Parquet file")
+    p.add_argument("--classes", type=Path, help="class list to check labels against")
+    p.set_defaults(handler=_manifest_check)
+
+
+def _rows_for(args: argparse.Namespace) -> list[mf.ManifestRow]:
+    if args.source == "csv":
+        return mf.rows_from_csv(args.input, args.root, args.default_split)
+    if args.source == "jsonl":
+        return mf.rows_from_jsonl(args.input, args.root, args.default_split)
+    if args.source == "folder":
+        return mf.rows_from_folder(args.input, args.split)
+    if args.source == "activitynet":
+        return mf.rows_from_activitynet(args.input, args.videos, args.subset)
+    return mf.rows_from_fcvid(args.split_file, args.label_file, args.videos, args.categories)
+
+
+def _describe_table(table) -> str:
+    splits = Counter(table.column("split").to_pylist())
+    labels = Counter(label for labels in table.column("labels").to_pylist() for label in labels)
+    split_text = ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
+    return f"{table.num_rows} videos, {len(labels)} labels, splits: {split_text or 'none'}"
+
+
+def _manifest_build(args: argparse.Namespace) -> int:
+    try:
+        classes = mf.read_class_list(args.classes) if args.classes else None
+        rows = _rows_for(args)
+        table, report = mf.build_table(rows, classes=classes, strict=args.strict)
+    except (mf.ManifestError, OSError) as exc:
+        print(f"c2f manifest: refused: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    mf.write_manifest(table, args.out)
+    print(f"wrote {args.out}: {_describe_table(table)}")
+    for line in report.lines():
+        print(f"left out: {line}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
+def _manifest_check(args: argparse.Namespace) -> int:
+    try:
+        table = mf.read_manifest(args.input)
+        classes = mf.read_class_list(args.classes) if args.classes else None
+    except (mf.ManifestError, OSError) as exc:
+        print(f"c2f manifest check: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rows = [mf.ManifestRow(**r) for r in table.to_pylist()]
+    report = mf.validate(rows, classes)
+    print(f"{args.input}: {_describe_table(table)}")
+    for line in report.lines():
+        print(f"problem: {line}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
+# --------------------------------------------------------------------------------------- synth
+
+
+def _register_synth(sub: argparse._SubParsersAction) -> None:
+    from pipeline.synth import SynthConfig
+
+    d = SynthConfig()
+    p = sub.add_parser(
+        "synth",
+        help="write a small labelled set of synthetic untrimmed videos",
+        description="Write synthetic untrimmed videos (class evidence only in some segments, "
+        "background clutter elsewhere; classes in pairs that differ only in 1-px stripes visible "
+        "at 224 px but not at 112 px), rotating H.264/VP9/MJPEG, plus DIR/manifest.parquet "
+        "(train/val/test), DIR/classes.txt and DIR/synth.json (ground-truth segments). "
+        "Deterministic for a seed.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--videos", type=int, default=d.videos, help="number of videos (%(default)s)")
+    p.add_argument("--classes", type=int, default=d.classes, help="number of classes (%(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (%(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="frame width, even (%(default)s)")
+    p.add_argument("--height", type=int, default=d.height, help="frame height, even (%(default)s)")
+    p.add_argument("--fps", type=float, default=d.fps, help="frame rate (%(default)s)")
+    p.add_argument("--min-duration", type=float, default=d.min_duration,
+                   help="shortest video in seconds (%(default)s)")
+    p.add_argument("--max-duration", type=float, default=d.max_duration,
+                   help="longest video in seconds (%(default)s)")
+    p.add_argument("--codecs", default=",".join(d.codecs),
+                   help=f"comma-separated codecs to rotate, from {', '.join(CODECS)} "
+                   "(%(default)s)")
+    p.add_argument("--multi-label-fraction", type=float, default=d.multi_label_fraction,
+                   help="fraction of videos that also show a second class (%(default)s)")
+    p.set_defaults(handler=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from pipeline.synth import SynthConfig, make_synthetic_dataset
+
+    codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    unknown = [c for c in codecs if c not in CODECS]
+    try:
+        if unknown:
+            raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from {list(CODECS)}")
+        cfg = SynthConfig(
+            videos=args.videos, classes=args.classes, seed=args.seed, width=args.width,
+            height=args.height, fps=args.fps, min_duration=args.min_duration,
+            max_duration=args.max_duration, codecs=codecs,
+            multi_label_fraction=args.multi_label_fraction,
+        )
+    except ValueError as exc:
+        print(f"c2f synth: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    videos = make_synthetic_dataset(args.out, cfg)
+    seconds = sum(v.duration for v in videos)
+    print(f"wrote {len(videos)} videos ({seconds:.0f} s of video, {cfg.classes} classes) and "
+          f"{args.out / 'manifest.parquet'}")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------- shards
+
+
+def _register_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "shards",
+        help="decode a manifest's videos into WebDataset shards of sampled JPEG frames",
+        description="Plan shards from a manifest (deterministic, manifest order), decode and "
+        "write them (in this process, on an embedded Ray, or on a Ray cluster), then write "
+        "OUT/index.parquet and OUT/errors.parquet. Re-running skips finished shards. "
+        "Exit codes: 0 every video written, 1 some videos or shards failed (the rest are "
+        "written; see OUT/errors.parquet), 2 bad input before any work (bad manifest, settings "
+        "that differ from those OUT was made with).",
+    )
+    p.add_argument("--manifest", required=True, type=Path, help="manifest Parquet file")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--fps", type=float, help="sample this many frames per second (default 1)")
+    rate.add_argument("--frames", type=int, help="sample this many frames uniformly per video")
+    p.add_argument("--sampling", choices=SAMPLING_MODES, default="exact",
+                   help="exact: the frame shown at each target time; keyframe: nearest "
+                   "keyframes only, decoding nothing else (%(default)s)")
+    p.add_argument("--backend", choices=("auto", "pyav", "dali"), default="auto",
+                   help="decoder (%(default)s: DALI on GPU, else the faster CPU decoder)")
+    p.add_argument("--short-side", type=int, default=256,
+                   help="resize frames to this short side, aspect kept (%(default)s)")
+    p.add_argument("--center-crop", type=int, help="then crop the centre to N x N")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (%(default)s)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--videos-per-shard", type=int, default=64,
+                      help="videos per shard (%(default)s)")
+    size.add_argument("--target-bytes", type=int,
+                      help="pack shards to about this many bytes instead (estimated from "
+                      "duration, sampling and frame size)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds allowed to decode one video before it is recorded as failed "
+                   "(%(default)s)")
+    p.add_argument("--mode", choices=MODES, default="local",
+                   help="local: embedded Ray on this machine; inprocess: no Ray; cluster: join "
+                   "--address or RAY_ADDRESS (use inside `c2f submit`) (%(default)s)")
+    p.add_argument("--address", help="Ray address (HOST:PORT or ray://...); implies --mode cluster")
+    p.set_defaults(handler=_shards)
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from pipeline.shards import (
+        IncompleteShardsError,
+        ShardSettingsError,
+        finalize,
+        plan_shards,
+        write_shard,
+    )
+
+    try:
+        table = mf.read_manifest(args.manifest)
+        sampling = SamplingPlan(
+            fps=None if args.frames is not None else (args.fps or 1.0),
+            frames=args.frames,
+            mode=args.sampling,
+        )
+        fmt = FrameFormat(args.short_side, args.center_crop, args.jpeg_quality)
+        plans = plan_shards(
+            table, args.out, sampling=sampling, fmt=fmt, backend=args.backend,
+            videos_per_shard=args.videos_per_shard, target_bytes=args.target_bytes,
+            timeout_s=args.timeout,
+        )
+    except (mf.ManifestError, ShardSettingsError, ValueError) as exc:
+        print(f"c2f shards: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    progress = Progress(len(plans), total_videos=table.num_rows, unit="shards")
+    mode = args.mode if args.address is None or args.mode != "local" else "cluster"
+    try:
+        run_plans(write_shard, plans, mode=mode, address=args.address, on_result=progress.update)
+    except RunError as exc:
+        progress.close()
+        print(f"c2f shards: {exc}\nre-run the same command to retry the failed shards",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    progress.close()
+    try:
+        summary = finalize(args.out)
+    except IncompleteShardsError as exc:
+        print(f"c2f shards: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    print(json.dumps(summary, indent=1))
+    if summary["videos_failed"]:
+        print(f"c2f shards: {summary['videos_failed']} video(s) failed; see {summary['errors']}",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK

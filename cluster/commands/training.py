@@ -1,9 +1,243 @@
-"""`c2f` commands of the training group (filled in by the issue that owns them)."""
+"""`c2f train | eval | report | sweep`: train gating policies and baselines on a feature store,
+evaluate them (offline, online budget K, per-video budget), draw reports, sweep a knob.
+
+Handlers only parse arguments and call trainers.* functions (which the tests call too).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from featstore import StoreError
+from trainers.config import resolve_config
+from trainers.data import make_loader
+from trainers.method import TrainState
+from trainers.methods import METHODS, method_module
+from trainers.report import make_report
+from trainers.sweep import parse_knob, sweep
+from trainers.synthetic import make_synthetic_store
+from trainers.train import atomic_write_text, evaluate, load_run, stage_plan, train
+
+CONFIG_HELP = """\
+configuration, later sources win: defaults < --config FILE < flags < --set.
+--set KEY=VALUE takes a loop key (epochs, batch_size, lr, weight_decay, seed, device,
+val_split, eval_split, log_every) or a key of the method's Config, bare (gamma=0.1) or dotted
+(method_config.gamma=0.1); lists as a,b,c. Unknown keys and wrong types are refused."""
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="feature store directory (see docs/featstore.md)")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    p.add_argument("--batch-size", type=int, help="videos per batch (default 32)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {"store": args.store, "epochs": args.epochs, "batch_size": args.batch_size,
+            "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
+            "device": args.device}
+
+
+def _fail(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def _print_summary(s: dict) -> None:
+    print(f"mAP {100 * s['mAP']:.2f}%  top-1 {100 * s['top1']:.2f}%  "
+          f"GFLOPs/video {s['gflops_mean']:.2f} ± {s['gflops_std']:.2f}  "
+          f"GFLOPs/frame {s['gflops_per_frame_mean']:.3f}  "
+          f"fine usage ({s['fine_view']}) {s['fine_usage_mean']:.3f} ± {s['fine_usage_std']:.3f}"
+          f"  [{s['videos']} videos]")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve_config(args.method, args.config, args.set, out=args.out, **_flags(args))
+        run = train(cfg, stop_after_epochs=args.stop_after_epochs)
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(err)
+    if (run / "eval.json").exists():
+        print(f"run {run} ({cfg.eval_split}):")
+        _print_summary(json.loads((run / "eval.json").read_text()))
+    else:
+        print(f"run {run} stopped before the end; re-run the same command to resume")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        cfg, model, store, info = load_run(args.run, args.which)
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(err)
+    module = method_module(cfg.method)
+    split = args.split or cfg.eval_split
+    loader = make_loader(store, model.required_views, split, cfg.batch_size, False, 0,
+                         model.needs_stages)
+    state = TrainState(epoch=cfg.epochs - 1, step=0,
+                       stage=stage_plan(getattr(module, "SCHEDULE", None), cfg.epochs)[-1],
+                       training=False)
+    run = Path(args.run)
+    if args.online_budget:
+        fn = getattr(module, "online_curve", None)
+        if fn is None:
+            return _fail(ValueError(f"method {cfg.method!r} has no online evaluation "
+                                    f"({module.__name__}.online_curve)"))
+        rows = fn(model, loader, sorted(args.online_budget))
+        atomic_write_text(run / "online.json", json.dumps(rows, indent=2) + "\n")
+        print(f"{'method':<12} {'K':>4} {'mAP':>7} {'top1':>7} {'GFLOPs':>9} {'fine':>6}")
+        for r in rows:
+            print(f"{r['method']:<12} {r['K']:>4} {100 * r['mAP']:>6.2f}% {100 * r['top1']:>6.2f}%"
+                  f" {r['gflops']:>9.2f} {r.get('fine_frames', float('nan')):>6.2f}")
+        print(f"wrote {run / 'online.json'}")
+    if args.budget:
+        fn = getattr(module, "budget_run", None)
+        if fn is None:
+            return _fail(ValueError(f"method {cfg.method!r} has no budget evaluation "
+                                    f"({module.__name__}.budget_run)"))
+        per = args.videos_per_budget or len(loader.video_ids)
+        budgets = [b for b in args.budget for _ in range(per)]
+        result = fn(model, loader, budgets)
+        atomic_write_text(run / "budget.json", json.dumps(result) + "\n")
+        print(f"{len(budgets)} videos, budgets {args.budget} ({per} videos each): "
+              f"mean cost {result['mean_cost']:.2f} GFLOPs/video, top-1 "
+              f"{100 * result['top1']:.2f}%")
+        print(f"wrote {run / 'budget.json'}")
+    if not args.online_budget and not args.budget:
+        result = evaluate(model, loader, info, state)
+        summary = {k: v for k, v in result.items() if k != "records"}
+        out = run / "evals" / f"{split}-{args.which}.json"
+        out.parent.mkdir(exist_ok=True)
+        atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+        print(f"{run} on {split} ({args.which}.pt):")
+        _print_summary(summary)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        paths = make_report(args.run, args.compare, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(err)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        key, values = parse_knob(args.knob)
+        csv_path = sweep(args.method, args.out, key, values, args.set, args.config,
+                         **_flags(args))
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(err)
+    print(csv_path.read_text(), end="")
+    print(f"wrote {csv_path} and {csv_path.with_name('curve.png')}")
+    return 0
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    try:
+        path = make_synthetic_store(args.store, videos=args.videos, classes=args.classes,
+                                    frames=(args.min_frames, args.max_frames),
+                                    informative=args.informative, seed=args.seed)
+    except (ValueError, StoreError) as err:
+        return _fail(err)
+    print(f"wrote synthetic store {path} ({args.videos} videos, {args.classes} classes)")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this group's subcommands to the top-level parser."""
+    """Add train, eval, report, sweep and synthetic to the top-level parser."""
+    methods = ", ".join(sorted(METHODS))
+    p = sub.add_parser(
+        "train", help="train a method or baseline on a feature store",
+        description=_wrap("Train METHOD on STORE's train split with the shared loop: Adam, val mAP "
+        "every epoch, RUN/checkpoints/{last,best}.pt, RUN/metrics.jsonl, then test evaluation "
+        "of best.pt into RUN/eval.json and RUN/predictions.jsonl. Re-running the same "
+        "command resumes an interrupted run and does nothing for a finished one."),
+        epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method", nargs="?", metavar="METHOD",
+                   help=f"one of: {methods} (or 'method' in --config)")
+    p.add_argument("--out", help="run directory to create (or resume)")
+    _add_run_options(p)
+    p.add_argument("--stop-after-epochs", type=int, metavar="N",
+                   help="return after N epochs of this call, leaving a resumable run")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="evaluate a trained run (offline, online budget K, per-video budget)",
+        description="Evaluate RUN's best (or last) checkpoint. Without budget options: mAP, "
+        "top-1, GFLOPs per video/frame and fine usage on a split, written to "
+        "RUN/evals/SPLIT-WHICH.json. --online-budget K...: the method's online curve "
+        "(LiteEval: stop after the K-th fine feature, vs Uniform-K and Seq-K) to "
+        "RUN/online.json. --budget B...: the method's budget controller (C2F) streaming "
+        "videos with per-video budget B (each for --videos-per-budget videos) to "
+        "RUN/budget.json. `c2f report` draws both.")
+    p.add_argument("run", metavar="RUN", help="run directory written by c2f train")
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="checkpoint to evaluate (default best)")
+    p.add_argument("--split", help="store split to evaluate (default: the run's eval_split)")
+    p.add_argument("--online-budget", type=int, nargs="+", metavar="K",
+                   help="online evaluation with these fine-feature budgets K")
+    p.add_argument("--budget", type=float, nargs="+", metavar="B",
+                   help="per-video GFLOPs budgets, applied one after the other")
+    p.add_argument("--videos-per-budget", type=int, metavar="N",
+                   help="videos streamed under each budget (default: the split's size)")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser(
+        "report", help="draw figures and a summary table for finished runs",
+        description="Write RUN/report/ (or --out): accuracy_vs_gflops.png (RUN and --compare "
+        "runs), fine_usage_per_class.png, decision_strips.png, online_curve.png and "
+        "budget.png when c2f eval wrote them, and summary.md.")
+    p.add_argument("run", metavar="RUN", help="finished run directory")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN",
+                   help="other finished runs (e.g. baselines) to put on the same plot")
+    p.add_argument("--out", help="output directory (default RUN/report)")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
+        "sweep", help="train one run per value of a knob and draw the accuracy/cost curve",
+        description=_wrap("Train METHOD once per value of --knob into OUT/KEY=VALUE/ (finished "
+        "runs are skipped, interrupted ones resume), then write OUT/sweep.csv and "
+        "OUT/curve.png (mAP vs GFLOPs/video)."),
+        epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method", metavar="METHOD", help=f"one of: {methods}")
+    p.add_argument("--out", required=True, help="sweep directory")
+    p.add_argument("--knob", required=True, metavar="KEY=V1,V2,...",
+                   help="config key and its values, e.g. gamma=0.05,0.1,0.3")
+    _add_run_options(p)
+    p.set_defaults(handler=cmd_sweep)
+
+    p = sub.add_parser(
+        "synthetic", help="write a generated feature store with known structure (for trying "
+        "and testing the trainers)",
+        description="Write the synthetic store of trainers/synthetic.py: coarse/fine views, "
+        "AR-Net resolution ladder views, fine per-stage features; only part of each video "
+        "carries class evidence, coarse features cannot separate paired classes. Costs are "
+        "those of the named backbones.")
+    p.add_argument("store", metavar="STORE", help="store directory to create")
+    p.add_argument("--videos", type=int, default=96, help="number of videos (default 96)")
+    p.add_argument("--classes", type=int, default=8, help="even number of classes (default 8)")
+    p.add_argument("--min-frames", type=int, default=16, help="shortest video (default 16)")
+    p.add_argument("--max-frames", type=int, default=32, help="longest video (default 32)")
+    p.add_argument("--informative", type=float, default=0.3,
+                   help="fraction of each video carrying class evidence (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.set_defaults(handler=cmd_synthetic)

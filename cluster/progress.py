@@ -1,0 +1,121 @@
+"""Terminal progress for long runs of plans: videos/s, frames/s and an ETA.
+
+The reporter works off whatever result objects the unit of work returns (duck-typed): it reads
+`videos_ok` (or `videos`), `videos_failed`, `frames` and `skipped` when present, so shard writing
+and feature extraction share it. It writes to a stream (stderr by default) at most once per
+`interval` seconds, because a line per finished plan would flood a terminal on big runs, plus one
+summary line at the end. It is a user-facing display, not logging.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """Count finished plans and report rates; call `update(result)` per finished plan (it fits
+    `run_plans(on_result=...)`) and `close()` once at the end."""
+
+    def __init__(
+        self,
+        total_plans: int,
+        total_videos: int | None = None,
+        *,
+        unit: str = "shards",
+        interval: float = 2.0,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total_plans = total_plans
+        self.total_videos = total_videos
+        self.unit = unit
+        self.interval = interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+        self.start = clock()
+        self.last_report = self.start
+        self.plans = 0
+        self.skipped = 0
+        self.videos_ok = 0
+        self.videos_failed = 0
+        self.frames = 0
+        self.work_videos = 0  # videos processed in this run (not in skipped plans)
+        self.work_frames = 0
+        self.lines_written = 0
+
+    def update(self, result: object) -> None:
+        ok = int(getattr(result, "videos_ok", getattr(result, "videos", 0)) or 0)
+        failed = int(getattr(result, "videos_failed", 0) or 0)
+        frames = int(getattr(result, "frames", 0) or 0)
+        self.plans += 1
+        self.videos_ok += ok
+        self.videos_failed += failed
+        self.frames += frames
+        if getattr(result, "skipped", False):
+            self.skipped += 1
+        else:
+            self.work_videos += ok + failed
+            self.work_frames += frames
+        now = self.clock()
+        if now - self.last_report >= self.interval:
+            self.last_report = now
+            self._write(self.status_line(now))
+
+    def status_line(self, now: float | None = None) -> str:
+        now = self.clock() if now is None else now
+        elapsed = max(now - self.start, 1e-9)
+        video_rate = self.work_videos / elapsed
+        frame_rate = self.work_frames / elapsed
+        parts = [f"{self.plans}/{self.total_plans} {self.unit}"]
+        done = self.videos_ok + self.videos_failed
+        videos = f"{done}/{self.total_videos} videos" if self.total_videos else f"{done} videos"
+        if self.videos_failed:
+            videos += f" ({self.videos_failed} failed)"
+        parts.append(videos)
+        parts.append(f"{video_rate:.2f} videos/s")
+        parts.append(f"{frame_rate:.1f} frames/s")
+        eta = self.eta(elapsed)
+        parts.append(f"ETA {_fmt_duration(eta)}" if eta is not None else "ETA ?")
+        return " | ".join(parts)
+
+    def eta(self, elapsed: float) -> float | None:
+        """Seconds left at the current rate: by videos when the total is known, else by plans."""
+        worked = self.plans - self.skipped
+        if self.plans >= self.total_plans:
+            return 0.0
+        if self.total_videos and self.work_videos:
+            left = self.total_videos - self.videos_ok - self.videos_failed
+            return max(left, 0) * elapsed / self.work_videos
+        if worked:
+            return (self.total_plans - self.plans) * elapsed / worked
+        return None
+
+    def summary(self) -> str:
+        elapsed = max(self.clock() - self.start, 1e-9)
+        return (
+            f"done: {self.plans}/{self.total_plans} {self.unit} ({self.skipped} already finished), "
+            f"{self.videos_ok} videos ok, {self.videos_failed} failed, {self.frames} frames in "
+            f"{_fmt_duration(elapsed)} ({self.work_videos / elapsed:.2f} videos/s, "
+            f"{self.work_frames / elapsed:.1f} frames/s)"
+        )
+
+    def close(self) -> str:
+        """Write and return the summary line."""
+        line = self.summary()
+        self._write(line)
+        return line
+
+    def _write(self, line: str) -> None:
+        self.stream.write(f"[c2f] {line}\n")
+        self.stream.flush()
+        self.lines_written += 1

@@ -1,0 +1,317 @@
+"""LiteEval (Wu et al., "A Coarse-to-Fine Framework for Resource Efficient Video Recognition").
+
+A coarse RNN reads cheap features of every frame (eq. 1); a one-layer gate looks at the coarse
+feature and the fine RNN's previous state and decides whether this frame is worth the expensive
+fine feature (eq. 2); the fine RNN reads [coarse, fine] only on those frames (eq. 3-4) and, when
+the gate skips, takes a copy of the coarse state in its first D^c units so that it always knows
+everything seen so far (eq. 5); the video is classified from the fine state (eq. 6). Training
+minimises cross-entropy plus lambda * (fraction of fine frames - gamma)^2 (eq. 7) through a
+straight-through Gumbel-softmax gate whose temperature is annealed from high to low (eq. 8-9);
+at test time the gate takes the argmax. `gate="reinforce"` is LiteEval-RL (Table 1): the same
+model with Bernoulli sampling and a policy gradient instead of Gumbel-softmax.
+
+Multi-label videos: eq. 7 is a cross-entropy against a one-hot label. We keep one softmax
+classifier (eq. 6) and use the normalised multi-hot vector y/|y| as the target, which is exactly
+eq. 7 for single-label videos and spreads the probability mass evenly over the labels of a
+multi-label video; `loss="bce"` switches to independent sigmoids instead.
+
+Cost accounting (GMACs, as the backbones are measured): the coarse backbone and the coarse RNN
+and gate run on every frame; the fine backbone and the fine RNN run on frames where the gate
+fired; the classifier runs once per emitted prediction. The RNN, gate and classifier costs are
+counted with `trainers.cost.module_gmacs`, so they are measured, not typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers import online
+from trainers.cost import module_gmacs
+from trainers.data import StoreInfo
+from trainers.method import Batch, MethodOutput, TrainState
+
+DECISION_NAMES = {0: "coarse", 1: "fine"}
+
+
+@dataclass
+class Config:
+    """LiteEval hyperparameters (defaults: the paper's ActivityNet sizes, lambda=2, gamma=0.05).
+
+    coarse_view / fine_view: store views read by the coarse and fine RNNs.
+    cell: "lstm" or "gru" (Table 6).
+    coarse_hidden / fine_hidden: D^c and D^f; eq. 5 needs D^c <= D^f (FCVID: 512 / 2048).
+    gamma: target fraction of frames that use fine features (eq. 7, Table 7).
+    lam: lambda, weight of the usage term (eq. 7).
+    tau_start / tau_end / tau_decay: Gumbel temperature tau = max(tau_end,
+        tau_start * tau_decay**epoch) (eq. 9, annealed from high to low).
+    no_sync: ablation of Table 8, the fine RNN keeps h^f_{t-1} when the gate skips.
+    gate: "gumbel" (LiteEval) or "reinforce" (LiteEval-RL).
+    loss: "ce" (soft-target cross-entropy, see module doc) or "bce".
+    dropout: dropout on the fine state before the classifier.
+    baseline_head: also train a per-frame linear classifier on detached fine features whose
+        video score is the mean of its frames' softmax (the Uniform-fine classifier used by
+        `trainers.online`); it takes no part in LiteEval's decisions, prediction or cost.
+    """
+
+    coarse_view: str = "coarse"
+    fine_view: str = "fine"
+    cell: str = "lstm"
+    coarse_hidden: int = 64
+    fine_hidden: int = 512
+    gamma: float = 0.05
+    lam: float = 2.0
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    tau_decay: float = 0.7
+    no_sync: bool = False
+    gate: str = "gumbel"
+    loss: str = "ce"
+    dropout: float = 0.0
+    baseline_head: bool = True
+
+    def validate(self, info: StoreInfo) -> None:
+        """Refuse values the model cannot run with, naming the bad one."""
+        for key in ("coarse_view", "fine_view"):
+            view = getattr(self, key)
+            if view not in info.views:
+                raise ValueError(
+                    f"{key}={view!r} is not a view of the store (views: {sorted(info.views)})"
+                )
+        if self.coarse_view == self.fine_view:
+            raise ValueError(f"coarse_view and fine_view must differ, both are {self.fine_view!r}")
+        if self.cell not in ("lstm", "gru"):
+            raise ValueError(f"cell={self.cell!r} must be 'lstm' or 'gru'")
+        if self.coarse_hidden < 1 or self.fine_hidden < 1:
+            raise ValueError(
+                f"hidden sizes must be positive (coarse_hidden={self.coarse_hidden}, "
+                f"fine_hidden={self.fine_hidden})"
+            )
+        if self.coarse_hidden > self.fine_hidden:
+            raise ValueError(
+                f"coarse_hidden={self.coarse_hidden} must not exceed fine_hidden="
+                f"{self.fine_hidden}: eq. 5 copies h^c into the first D^c units of h^f"
+            )
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma={self.gamma} must be in [0, 1]")
+        if self.lam < 0:
+            raise ValueError(f"lam={self.lam} must be >= 0")
+        if not (self.tau_start > 0 and self.tau_end > 0 and self.tau_end <= self.tau_start):
+            raise ValueError(
+                f"need 0 < tau_end <= tau_start (tau_start={self.tau_start}, "
+                f"tau_end={self.tau_end})"
+            )
+        if not 0.0 < self.tau_decay <= 1.0:
+            raise ValueError(f"tau_decay={self.tau_decay} must be in (0, 1]")
+        if self.gate not in ("gumbel", "reinforce"):
+            raise ValueError(f"gate={self.gate!r} must be 'gumbel' or 'reinforce'")
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"loss={self.loss!r} must be 'ce' or 'bce'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against y/|y| per video ([B] losses); equals plain CE for one-hot y."""
+    weights = targets / targets.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return -(weights * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def video_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-video classification loss [B]: soft-target CE or BCE over classes."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=1)
+    return soft_cross_entropy(logits, targets)
+
+
+def temperature(cfg: Config, epoch: int) -> float:
+    """Gumbel-softmax temperature at `epoch`: exponential decay from tau_start to tau_end."""
+    return max(cfg.tau_end, cfg.tau_start * cfg.tau_decay**epoch)
+
+
+class LiteEval(nn.Module):
+    """Coarse RNN + conditional gate + fine RNN with synchronisation (Fig. 1, Algorithm 1)."""
+
+    needs_stages = False
+
+    def __init__(self, cfg: Config, info: StoreInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.required_views = (cfg.coarse_view, cfg.fine_view)
+        coarse, fine = info.views[cfg.coarse_view], info.views[cfg.fine_view]
+        self.coarse_gmacs = float(coarse.gmacs_per_frame)
+        self.fine_gmacs = float(fine.gmacs_per_frame)
+        dc, df, hc, hf = coarse.dim, fine.dim, cfg.coarse_hidden, cfg.fine_hidden
+        cell = nn.LSTMCell if cfg.cell == "lstm" else nn.GRUCell
+        # eq. 1 does not depend on the gate, so the coarse RNN runs over the whole sequence at
+        # once (same recurrence as stepping a cell, much faster)
+        self.coarse_rnn = (nn.LSTM if cfg.cell == "lstm" else nn.GRU)(dc, hc, batch_first=True)
+        self.gate = nn.Linear(dc + hf, 2)  # eq. 2: b_t = W_g^T [v_t^c, h_{t-1}^f]
+        self.fine_rnn = cell(dc + df, hf)  # eq. 3
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(hf, info.num_classes)  # eq. 6
+        self.uniform_head = nn.Linear(df, info.num_classes) if cfg.baseline_head else None
+        self._count_policy_costs(dc, df)
+
+    def _count_policy_costs(self, dc: int, df: int) -> None:
+        """Measure the per-step GMACs of the RNN cells, the gate and the classifier once."""
+        hf = self.cfg.fine_hidden
+        lstm = self.cfg.cell == "lstm"
+
+        def state(h: int) -> tuple[torch.Tensor, ...] | torch.Tensor:
+            return (torch.zeros(1, h), torch.zeros(1, h)) if lstm else torch.zeros(1, h)
+
+        with torch.no_grad():
+            self.coarse_step_gmacs = module_gmacs(self.coarse_rnn, torch.zeros(1, 1, dc))
+            self.coarse_step_gmacs += module_gmacs(self.gate, torch.zeros(1, dc + hf))
+            self.fine_step_gmacs = module_gmacs(self.fine_rnn, torch.zeros(1, dc + df), state(hf))
+            self.classifier_gmacs = module_gmacs(self.classifier, torch.zeros(1, hf))
+
+    def _coarse_states(self, vc: torch.Tensor) -> list[torch.Tensor]:
+        """h^c_t (and the LSTM cell c^c_t) for every step: [B, T, D^c] each."""
+        if self.cfg.cell == "gru":
+            return [self.coarse_rnn(vc)[0]]
+        # nn.LSTM returns only the last cell state; eq. 5 also copies c^c_t, so rebuild it
+        return list(_lstm_states(self.coarse_rnn, vc))
+
+    def _state(self, batch_size: int, hidden: int, like: torch.Tensor) -> list[torch.Tensor]:
+        zeros = like.new_zeros(batch_size, hidden)
+        return [zeros, zeros.clone()] if self.cfg.cell == "lstm" else [zeros]
+
+    def _step(self, cell: nn.Module, x: torch.Tensor, state: list[torch.Tensor]) -> list:
+        if self.cfg.cell == "lstm":
+            return list(cell(x, (state[0], state[1])))
+        return [cell(x, state[0])]
+
+    def _decide(
+        self, gate_logits: torch.Tensor, state: TrainState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """B_t in {0,1} (float, differentiable for Gumbel) and its log-probability (for RL)."""
+        if not (state.training and self.training):
+            return gate_logits.argmax(dim=1).float(), gate_logits.new_zeros(gate_logits.shape[0])
+        if self.cfg.gate == "gumbel":
+            # eq. 8-9 with straight-through: hard 0/1 forward, soft gradient backward
+            sample = F.gumbel_softmax(gate_logits, tau=temperature(self.cfg, state.epoch), hard=True)
+            return sample[:, 1], gate_logits.new_zeros(gate_logits.shape[0])
+        dist = torch.distributions.Categorical(logits=gate_logits)
+        action = dist.sample()
+        return action.float(), dist.log_prob(action)
+
+    def forward(self, batch: Batch, state: TrainState) -> MethodOutput:
+        vc = batch.features[self.cfg.coarse_view]
+        vf = batch.features[self.cfg.fine_view]
+        bsz, steps, _ = vc.shape
+        hc_dim = self.cfg.coarse_hidden
+        coarse_seq = self._coarse_states(vc)  # eq. 1 for every t: list of [B, T, D^c]
+        fine = self._state(bsz, self.cfg.fine_hidden, vc)
+        gates, log_probs, step_logits = [], [], []
+        keep_steps = not (state.training and self.training)
+        for t in range(steps):
+            valid = batch.mask[:, t].unsqueeze(1)
+            x_c = vc[:, t]
+            h_c = [h[:, t] for h in coarse_seq]
+            gate_logits = self.gate(torch.cat([x_c, fine[0]], dim=1))  # eq. 2
+            b, log_p = self._decide(gate_logits, state)
+            new_fine = self._step(self.fine_rnn, torch.cat([x_c, vf[:, t]], dim=1), fine)  # eq. 3
+            if self.cfg.no_sync:
+                skipped = fine
+            else:  # eq. 5: copy h^c (and the LSTM cell c^c) into the first D^c units
+                skipped = [torch.cat([c, f[:, hc_dim:]], dim=1) for c, f in zip(h_c, fine)]
+            gate_b = b.unsqueeze(1)
+            mixed = [gate_b * nf + (1 - gate_b) * sk for nf, sk in zip(new_fine, skipped)]  # eq. 4
+            fine = [torch.where(valid, n, o) for n, o in zip(mixed, fine)]
+            gates.append(b * batch.mask[:, t])
+            log_probs.append(log_p * batch.mask[:, t])
+            if keep_steps:
+                step_logits.append(self.classifier(fine[0]))
+        logits = self.classifier(self.drop(fine[0]))  # eq. 6 at the last valid step
+        gate_t = torch.stack(gates, dim=1)  # B_t, differentiable for Gumbel (straight-through)
+        decisions = torch.where(batch.mask, gate_t.detach().round().long(), -1)
+        lengths = batch.lengths.to(vc.dtype)
+        n_fine = (decisions == 1).sum(dim=1)
+        gflops = (
+            lengths * (self.coarse_gmacs + self.coarse_step_gmacs)
+            + n_fine.to(vc.dtype) * (self.fine_gmacs + self.fine_step_gmacs)
+            + self.classifier_gmacs
+        )
+        extras = {
+            "log_probs": torch.stack(log_probs, dim=1),
+            "fine_fraction": gate_t.sum(dim=1) / lengths.clamp_min(1.0),
+        }
+        if keep_steps:
+            extras["step_logits"] = torch.stack(step_logits, dim=1)
+        if self.uniform_head is not None:
+            extras["uniform_frame_logits"] = self.uniform_head(vf.detach())
+        return MethodOutput(
+            logits=logits,
+            gflops=gflops.detach(),
+            frames_used={
+                self.cfg.coarse_view: batch.lengths.clone(),
+                self.cfg.fine_view: n_fine,
+            },
+            decisions=decisions,
+            decision_names=dict(DECISION_NAMES),
+            extras=extras,
+        )
+
+    def loss(
+        self, out: MethodOutput, batch: Batch, state: TrainState
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cls = video_loss(out.logits, batch.targets, self.cfg.loss)
+        usage = out.extras["fine_fraction"]
+        usage_term = self.cfg.lam * (usage - self.cfg.gamma) ** 2  # eq. 7, second term
+        total = cls.mean()
+        parts = {"cls": cls.mean().item(), "usage": usage.mean().item()}
+        if self.cfg.gate == "gumbel":
+            total = total + usage_term.mean()
+        else:
+            # LiteEval-RL: reward = -(classification loss + usage penalty), batch-mean baseline
+            reward = -(cls + usage_term).detach()
+            advantage = reward - reward.mean()
+            policy = -(advantage * out.extras["log_probs"].sum(dim=1)).mean()
+            total = total + policy
+            parts["policy"] = policy.item()
+        if "uniform_frame_logits" in out.extras:
+            frame_logits = out.extras["uniform_frame_logits"]
+            mask = batch.mask.unsqueeze(2).to(frame_logits.dtype)
+            # as the Uniform baseline: video score = mean of the frames' softmax predictions
+            probs = (F.softmax(frame_logits, dim=2) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            aux = soft_cross_entropy(probs.clamp_min(1e-8).log(), batch.targets).mean()
+            total = total + aux
+            parts["uniform_head"] = aux.item()
+        parts["tau"] = temperature(self.cfg, state.epoch)
+        return total, parts
+
+
+def _lstm_states(lstm: nn.LSTM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All hidden and cell states [B, T, H] of a one-layer nn.LSTM over `x` [B, T, D]."""
+    h_seq, _ = lstm(x)
+    hidden = lstm.hidden_size
+    h_prev = torch.cat([h_seq.new_zeros(h_seq.shape[0], 1, hidden), h_seq[:, :-1]], dim=1)
+    gates = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h_prev @ lstm.weight_hh_l0.T
+    gates = gates + lstm.bias_hh_l0
+    i, f, g, _ = gates.chunk(4, dim=2)
+    i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
+    cells = []
+    c = h_seq.new_zeros(h_seq.shape[0], hidden)
+    for t in range(x.shape[1]):
+        c = f[:, t] * c + i[:, t] * g[:, t]
+        cells.append(c)
+    return h_seq, torch.stack(cells, dim=1)
+
+
+def online_curve(model: LiteEval, loader, ks: list[int]) -> list[dict]:
+    """Online recognition with a budget of K fine features, against Uniform-K and Seq-K (Fig. 2);
+    `c2f eval RUN --online-budget K ...` calls this. See trainers.online."""
+    return online.online_curve(model, loader, ks)
+
+
+def build(cfg: Config, info: StoreInfo) -> LiteEval:
+    """Validate `cfg` against the store and build the model."""
+    cfg.validate(info)
+    return LiteEval(cfg, info)
+
+

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from backbones.calibrate import calibrate_batchnorm
 from backbones.efficientnet import efficientnet_b0
 from backbones.mfnet import mfnet2d, mfnet3d
 from backbones.mobilenet_v2 import mobilenet_v2
@@ -44,7 +45,9 @@ def build_backbone(
     """Build `name`; load a local torchvision-layout checkpoint if `weights` is given.
 
     Without weights the model is randomly initialised, which is fine for tests and FLOPs
-    but makes features meaningless, so it is logged as a warning every time. The sha256 of
+    but makes features meaningless, so it is logged as a warning every time; its BatchNorm
+    statistics are calibrated on seeded noise (backbones/calibrate.py) so that features stay
+    within float16 range. The sha256 of
     loaded weights is kept on the model as `weights_sha256` (None for random init).
     """
     model = _builder(name)(num_classes)
@@ -52,6 +55,7 @@ def build_backbone(
     if weights is None:
         log.warning("backbone %s built with RANDOM weights (no --weights given): features "
                     "are not meaningful for recognition", name)
+        calibrate_batchnorm(model, clip=name in CLIP_BACKBONES)
     else:
         model.weights_sha256 = load_weights(model, weights)
     return model

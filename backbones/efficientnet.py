@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from backbones.staged import StagedBackbone
+from backbones.staged import StagedBackbone, slice_stages
 
 # expand ratio, kernel, stride, in channels, out channels, repeats: B0 of the paper's Table 1.
 B0_SETTING = [
@@ -128,11 +128,7 @@ class EfficientNet(StagedBackbone):
                 nn.init.zeros_(m.bias)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        out, start = [], 0
-        for name, end in STAGE_ENDS.items():
-            out.append((name, self.features[start:end]))
-            start = end
-        return out
+        return slice_stages(self.features, STAGE_ENDS)
 
     @property
     def head(self) -> nn.Module:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from backbones.staged import StagedBackbone
+from backbones.staged import StagedBackbone, slice_stages
 
 # t (expansion), c (output channels), n (repeats), s (stride of the first repeat):
 # Table 2 of the MobileNetV2 paper.
@@ -90,11 +90,7 @@ class MobileNetV2(StagedBackbone):
                 nn.init.zeros_(m.bias)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        out, start = [], 0
-        for name, end in STAGE_ENDS.items():
-            out.append((name, self.features[start:end]))
-            start = end
-        return out
+        return slice_stages(self.features, STAGE_ENDS)
 
     @property
     def head(self) -> nn.Module:

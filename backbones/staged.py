@@ -54,3 +54,14 @@ class StagedBackbone(nn.Module):
         out["features"] = out[name]
         out["logits"] = self.head(out["features"])
         return out
+
+
+def slice_stages(features: nn.Sequential, stage_ends: dict[str, int]) -> list[tuple[str, nn.Module]]:
+    """Split a torchvision-style `features` Sequential into named stages at the given end
+    indices (MobileNetV2 and EfficientNet keep their blocks in one Sequential, so their stages
+    are slices of it and parameter names stay torchvision's)."""
+    out, start = [], 0
+    for name, end in stage_ends.items():
+        out.append((name, features[start:end]))
+        start = end
+    return out

@@ -17,7 +17,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def readme_commands() -> list[str]:
     """`c2f` command lines from the README's fenced blocks, continuation lines joined and
     trailing comments dropped; `;` separates several commands on one line."""
-    blocks = re.findall(r"```\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```\n(.*?)```", README.read_text(), flags=re.DOTALL)
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)

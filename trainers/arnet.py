@@ -47,6 +47,7 @@ from torch import nn
 from trainers.cost import module_gmacs
 from trainers.data import StoreInfo
 from trainers.gumbel import annealed_tau, gumbel_softmax_st, hard_argmax
+from trainers.losses import soft_cross_entropy
 from trainers.method import Batch, MethodOutput, TrainState
 
 #: (stage, fraction of the epochs): the paper's 10 warm-up, 50 joint, 50 fine-tune epochs.
@@ -127,12 +128,6 @@ class Config:
                 )
             if any(p < 0 for p in props) or sum(props) <= 0:
                 raise ValueError(f"random_proportions must be >= 0 with a positive sum: {props}")
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[B] cross-entropy against y / |y| (eq. 9 for one-hot y)."""
-    weights = targets / targets.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return -(weights * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 class ARNet(nn.Module):

@@ -42,7 +42,7 @@ from torch import nn
 from trainers.budget import BudgetController
 from trainers.cost import module_gmacs
 from trainers.data import StoreInfo, make_loader
-from trainers.liteeval import video_loss
+from trainers.losses import video_loss
 from trainers.method import Batch, MethodOutput, TrainState
 from trainers.train import to_device
 

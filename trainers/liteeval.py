@@ -32,6 +32,7 @@ from torch import nn
 from trainers import online
 from trainers.cost import module_gmacs
 from trainers.data import StoreInfo
+from trainers.losses import soft_cross_entropy, video_loss
 from trainers.method import Batch, MethodOutput, TrainState
 
 DECISION_NAMES = {0: "coarse", 1: "fine"}
@@ -112,19 +113,6 @@ class Config:
             raise ValueError(f"loss={self.loss!r} must be 'ce' or 'bce'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against y/|y| per video ([B] losses); equals plain CE for one-hot y."""
-    weights = targets / targets.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return -(weights * F.log_softmax(logits, dim=1)).sum(dim=1)
-
-
-def video_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-video classification loss [B]: soft-target CE or BCE over classes."""
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=1)
-    return soft_cross_entropy(logits, targets)
 
 
 def temperature(cfg: Config, epoch: int) -> float:

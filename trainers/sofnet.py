@@ -44,6 +44,7 @@ from torch import nn
 from trainers.cost import module_gmacs
 from trainers.data import StoreInfo
 from trainers.gumbel import annealed_tau, gumbel_softmax_st, hard_argmax
+from trainers.losses import soft_cross_entropy
 from trainers.method import Batch, MethodOutput, TrainState
 
 #: (stage, fraction of the epochs): the paper's 15 warm-up and 60 joint epochs.
@@ -115,12 +116,6 @@ class Config:
             raise ValueError(f"rho={self.rho} must be in (0, 1]")
         if self.t_min < 0:
             raise ValueError(f"t_min={self.t_min} must be >= 0")
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[...] cross-entropy against y / |y| over the last dim (eq. 3.9 for one-hot y)."""
-    weights = targets / targets.sum(dim=-1, keepdim=True).clamp_min(1.0)
-    return -(weights * F.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
 class PolicyModule(nn.Module):

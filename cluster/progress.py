@@ -102,11 +102,15 @@ class Progress:
 
     def summary(self) -> str:
         elapsed = max(self.clock() - self.start, 1e-9)
+        rates = (
+            f"{self.work_videos / elapsed:.2f} videos/s, {self.work_frames / elapsed:.1f} frames/s"
+            if self.work_videos
+            else "nothing left to do"
+        )
         return (
             f"done: {self.plans}/{self.total_plans} {self.unit} ({self.skipped} already finished), "
             f"{self.videos_ok} videos ok, {self.videos_failed} failed, {self.frames} frames in "
-            f"{_fmt_duration(elapsed)} ({self.work_videos / elapsed:.2f} videos/s, "
-            f"{self.work_frames / elapsed:.1f} frames/s)"
+            f"{_fmt_duration(elapsed)} ({rates})"
         )
 
     def close(self) -> str:

@@ -5,6 +5,11 @@ distributed work (a plain function: Ray only schedules it) and skips parts that 
 so an interrupted run resumes; `finalize_store` writes the catalog. Each view runs its own
 backbone at its own input size on the shard's stored frames (views are independent: AR-Net's
 resolution ladder is four views).
+
+JPEGs are decoded by Pillow (frames as numpy arrays, Pillow preprocessing) or, with
+`jpeg_decoder` dali-cpu / dali-mixed, by DALI in batches of `batch_size` into torch tensors
+(on the GPU for dali-mixed) that are preprocessed in torch; each frame is decoded once and
+shared by all views. Each view's store attributes record which decoder made its features.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import torch
 from backbones import CLIP_BACKBONES, build_backbone
 from featstore import StoreError, StoreWriter, ViewSpec, build_catalog, list_parts, part_path
 from featstore.catalog import open_part
-from pipeline.preprocess import preprocess_frames, view_preprocess
+from pipeline.jpeg_dali import dali_jpeg_decoder, resolve_jpeg_decoder
+from pipeline.preprocess import preprocess_frames, preprocess_tensors, view_preprocess
 from pipeline.reader import SHARD_GLOB, ShardSample, iter_shard
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,7 @@ class ExtractPlan:
     device: str = "cpu"
     code_version: str = "unknown"
     threads: int = 0  # torch CPU threads for this task; 0 keeps torch's default
+    jpeg_decoder: str = "pillow"  # pillow | dali-cpu | dali-mixed (resolved when planning)
 
 
 @dataclass(frozen=True)
@@ -139,12 +146,13 @@ def plan_extraction(
     dtype: str = "float32",
     device: str = "cpu",
     threads: int = 0,
+    jpeg_decoder: str = "auto",
 ) -> list[ExtractPlan]:
     """One plan per `shard-*.tar` in `shards_dir`, in name order; part name = shard stem.
 
     `weights` {view: checkpoint path} (views without one are random-init, logged loudly);
     `stages` names views whose per-stage pooled features are stored; `logits` stores every
-    view's classifier output too.
+    view's classifier output too; `jpeg_decoder` auto|pillow|dali (`resolve_jpeg_decoder`).
     """
     shards = sorted(Path(shards_dir).glob(SHARD_GLOB))
     if not shards:
@@ -160,6 +168,7 @@ def plan_extraction(
         dtype=dtype,
         device=device,
         threads=threads,
+        jpeg_decoder=jpeg_decoder,
     )
 
 
@@ -175,6 +184,7 @@ def make_extract_plans(
     dtype: str = "float32",
     device: str = "cpu",
     threads: int = 0,
+    jpeg_decoder: str = "auto",
 ) -> list[ExtractPlan]:
     """Plans for the given shard paths (they need not exist yet: `c2f build` writes them)."""
     parsed = [parse_view(v) if isinstance(v, str) else v for v in views]
@@ -191,6 +201,7 @@ def make_extract_plans(
         if not Path(path).is_file():
             raise FileNotFoundError(f"weights for view {view!r} not found: {path}")
     _check_runtime(device, dtype)
+    decoder = resolve_jpeg_decoder(jpeg_decoder, device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     parsed = [
@@ -228,6 +239,7 @@ def make_extract_plans(
             device=device,
             code_version=version,
             threads=threads,
+            jpeg_decoder=decoder,
         )
         for i, s in enumerate(paths)
     ]
@@ -280,11 +292,11 @@ def load_view(view: ExtractView, device: str) -> LoadedView:
     )
 
 
-def view_spec(lv: LoadedView) -> ViewSpec:
-    """What the store records about a view: backbone, size, preprocessing, weights."""
+def view_spec(lv: LoadedView, jpeg_decoder: str = "pillow") -> ViewSpec:
+    """What the store records about a view: backbone, size, decoder, preprocessing, weights."""
     v = lv.view
     attrs = {
-        **view_preprocess(v.input_size).attrs(),
+        **view_preprocess(v.input_size).attrs(jpeg_decoder),
         "weights": v.weights or RANDOM_INIT,
         "weights_sha256": lv.weights_sha256,
     }
@@ -293,34 +305,72 @@ def view_spec(lv: LoadedView) -> ViewSpec:
     return ViewSpec(dim=lv.feature_dim, backbone=v.backbone, input_size=v.input_size, attrs=attrs)
 
 
+def forward_batch(
+    lv: LoadedView, x: torch.Tensor, dtype: str, device: str
+) -> dict[str, np.ndarray]:
+    """One preprocessed batch [N, 3, S, S] through a view: features (logits, stages) as float32."""
+    x = x.to(device=device, memory_format=torch.channels_last)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    amp = (
+        torch.autocast(device, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), amp:
+        out = (
+            lv.model.forward_stages(x)
+            if lv.view.stages
+            else {"features": lv.model.forward_features(x)}
+        )
+        if lv.view.logits and "logits" not in out:
+            out["logits"] = lv.model.head(out["features"])
+    return {
+        key: value.float().cpu().numpy()
+        for key, value in out.items()
+        if key != "logits" or lv.view.logits
+    }
+
+
+def _concat(chunks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]} if chunks else {}
+
+
 def run_view(
     lv: LoadedView, frames: Sequence[np.ndarray], batch_size: int, dtype: str, device: str
 ) -> dict[str, np.ndarray]:
     """Features (and logits/stages when asked) of a view for RGB frames, as float32 arrays."""
     pp = view_preprocess(lv.view.input_size)
-    chunks: dict[str, list[np.ndarray]] = {}
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-    for start in range(0, len(frames), batch_size):
-        x = torch.from_numpy(preprocess_frames(frames[start : start + batch_size], pp))
-        x = x.to(device=device, memory_format=torch.channels_last)
-        amp = (
-            torch.autocast(device, dtype=autocast)
-            if autocast is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), amp:
-            out = (
-                lv.model.forward_stages(x)
-                if lv.view.stages
-                else {"features": lv.model.forward_features(x)}
+    return _concat(
+        [
+            forward_batch(
+                lv,
+                torch.from_numpy(preprocess_frames(frames[start : start + batch_size], pp)),
+                dtype,
+                device,
             )
-            if lv.view.logits and "logits" not in out:
-                out["logits"] = lv.model.head(out["features"])
-        for key, value in out.items():
-            if key == "logits" and not lv.view.logits:
-                continue
-            chunks.setdefault(key, []).append(value.float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+            for start in range(0, len(frames), batch_size)
+        ]
+    )
+
+
+def run_views_on_jpegs(
+    loaded: Sequence[LoadedView], jpegs: Sequence[bytes], plan: ExtractPlan
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every view of a video's JPEGs decoded by DALI (`plan.jpeg_decoder` dali-cpu/-mixed).
+
+    Each batch of `plan.batch_size` frames is decoded once, on the GPU for dali-mixed, and
+    preprocessed in torch where it lies, for each view in turn.
+    """
+    decoder = dali_jpeg_decoder(
+        "mixed" if plan.jpeg_decoder == "dali-mixed" else "cpu",
+        plan.batch_size,
+        plan.threads or min(4, os.cpu_count() or 1),
+    )
+    chunks: dict[str, list[dict[str, np.ndarray]]] = {lv.view.name: [] for lv in loaded}
+    for start in range(0, len(jpegs), plan.batch_size):
+        images = decoder.decode(jpegs[start : start + plan.batch_size])
+        for lv in loaded:
+            x = preprocess_tensors(images, view_preprocess(lv.view.input_size))
+            chunks[lv.view.name].append(forward_batch(lv, x, plan.dtype, plan.device))
+    return {name: _concat(c) for name, c in chunks.items()}
 
 
 def extract_samples(
@@ -333,6 +383,7 @@ def extract_samples(
     Returns (videos, frames). The part appears under its final name only when complete.
     """
     loaded = [load_view(v, plan.device) for v in plan.views]
+    dali = plan.jpeg_decoder != "pillow"
     samples = iter(samples)
     first = next(samples, None)
     file_attrs = {
@@ -348,7 +399,7 @@ def extract_samples(
     writer = StoreWriter(
         plan.store_dir,
         plan.part,
-        {lv.view.name: view_spec(lv) for lv in loaded},
+        {lv.view.name: view_spec(lv, plan.jpeg_decoder) for lv in loaded},
         stage_dims={lv.view.name: lv.stage_dims for lv in loaded if lv.view.stages} or None,
         logits_dim={lv.view.name: lv.logits_dim for lv in loaded if lv.view.logits} or None,
         attrs={k: v for k, v in file_attrs.items() if v is not None},
@@ -356,18 +407,24 @@ def extract_samples(
     videos = frames = 0
     with writer:
         for sample in _chain(first, samples):
-            if not sample.frames:
+            count = len(sample.frames) if sample.frames is not None else len(sample.jpegs)
+            if not count:
                 log.warning("%s: video %s has no frames; left out", plan.part, sample.key)
                 continue
-            outs = {
-                lv.view.name: run_view(lv, sample.frames, plan.batch_size, plan.dtype, plan.device)
-                for lv in loaded
-            }
+            if dali and sample.jpegs:
+                outs = run_views_on_jpegs(loaded, sample.jpegs, plan)
+            else:
+                outs = {
+                    lv.view.name: run_view(
+                        lv, sample.frames, plan.batch_size, plan.dtype, plan.device
+                    )
+                    for lv in loaded
+                }
             writer.add_video(
                 sample.meta.get("video_id", sample.key),
                 sample.meta.get("labels", []),
                 sample.meta.get("split", ""),
-                np.asarray(sample.meta.get("timestamps", range(len(sample.frames))), float),
+                np.asarray(sample.meta.get("timestamps", range(count)), float),
                 features={name: o["features"] for name, o in outs.items()},
                 logits={name: outs[name]["logits"] for name in writer.logits_dim} or None,
                 stages={
@@ -377,7 +434,7 @@ def extract_samples(
                 or None,
             )
             videos += 1
-            frames += len(sample.frames)
+            frames += count
     return videos, frames
 
 
@@ -410,7 +467,8 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
         # slower with 2 threads on 2 shared cores), so the thread count is a plan setting.
         torch.set_num_threads(plan.threads)
     try:
-        videos, frames = extract_samples(iter_shard(plan.shard), plan)
+        shard = iter_shard(plan.shard, decode_frames=plan.jpeg_decoder == "pillow")
+        videos, frames = extract_samples(shard, plan)
     finally:
         torch.set_num_threads(previous)
     seconds = time.perf_counter() - started

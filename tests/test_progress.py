@@ -1,0 +1,43 @@
+"""What a user reads while a long stage runs: rates, ETA and the closing summary."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from cluster.progress import Progress
+
+
+class FakeClock:
+    """A clock the test advances, so rates are exact."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rates_and_eta_count_only_this_runs_work() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress(4, total_videos=40, stream=out, clock=clock, interval=1.0)
+    progress.update(SimpleNamespace(videos_ok=10, videos_failed=0, frames=100, skipped=True))
+    clock.now += 10
+    progress.update(SimpleNamespace(videos_ok=9, videos_failed=1, frames=50, skipped=False))
+    line = out.getvalue().splitlines()[-1]
+    assert "20/40 videos (1 failed)" in line
+    assert "1.00 videos/s" in line and "5.0 frames/s" in line  # skipped shard not counted
+    assert "ETA 20s" in line  # 20 videos left at 1 video/s
+    summary = progress.close()
+    assert "(1 already finished)" in summary and "1.00 videos/s" in summary
+
+
+def test_a_fully_resumed_run_says_nothing_was_left() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress(2, total_videos=8, stream=out, clock=clock)
+    for _ in range(2):
+        progress.update(SimpleNamespace(videos_ok=4, videos_failed=0, frames=40, skipped=True))
+    clock.now += 3
+    summary = progress.close()
+    assert "2/2 shards (2 already finished)" in summary
+    assert "nothing left to do" in summary and "videos/s" not in summary

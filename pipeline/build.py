@@ -64,6 +64,7 @@ def plan_build(
     dtype: str = "float32",
     device: str = "cpu",
     threads: int = 0,
+    jpeg_decoder: str = "auto",
 ) -> list[BuildPlan]:
     """Shard plans as `plan_shards` makes them, each paired with its extraction plan."""
     shard_plans = plan_shards(
@@ -87,6 +88,7 @@ def plan_build(
         dtype=dtype,
         device=device,
         threads=threads,
+        jpeg_decoder=jpeg_decoder,
     )
     return [BuildPlan(s.index, s, e) for s, e in zip(shard_plans, extract_plans)]
 

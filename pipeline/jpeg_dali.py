@@ -43,9 +43,10 @@ def resolve_jpeg_decoder(choice: str, device: str) -> str:
 
     auto picks DALI's GPU decoder when the backbones run on CUDA (decoding on the GPU frees the
     CPU cores that otherwise feed it, and the frames are already where the network is), and
-    Pillow on CPU: there DALI's CPU decoder, with the same libjpeg-turbo underneath, plus torch
-    preprocessing was measured slower than Pillow (benchmarks/bench_jpeg_decode.py; figures
-    in benchmarks/README.md, "Feature store"). dali means dali-mixed on CUDA, dali-cpu on CPU.
+    Pillow on CPU: there DALI's CPU decoder (the same libjpeg-turbo underneath) plus torch
+    preprocessing ran at 0.43-0.63x Pillow's images/s on one core (benchmarks/
+    bench_jpeg_decode.py; figures in benchmarks/README.md, "Feature store"). dali means
+    dali-mixed on CUDA, dali-cpu on CPU.
     """
     if choice not in JPEG_DECODER_CHOICES:
         raise ValueError(f"jpeg decoder must be one of {JPEG_DECODER_CHOICES}, got {choice!r}")
@@ -112,8 +113,9 @@ class DaliJpegDecoder:
             (out,) = self._pipe.run()
         except RuntimeError as exc:
             raise DecodeError("decode", f"DALI could not decode a JPEG batch: {exc}") from exc
-        stream = torch.cuda.current_stream(self.torch_device) if self.torch_device else None
-        target = self.torch_device or torch.device("cpu")
+        gpu = self.torch_device is not None
+        stream = torch.cuda.current_stream(self.torch_device) if gpu else None
+        target = self.torch_device if gpu else torch.device("cpu")
         if out.is_dense_tensor():  # the usual case: all frames of a video have one size
             dense = out.as_tensor()
             batch = torch.empty(dense.shape(), dtype=torch.uint8, device=target)

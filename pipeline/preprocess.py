@@ -110,16 +110,21 @@ def preprocess_tensors(images: Sequence[torch.Tensor], pp: ViewPreprocess) -> to
         end = start + 1
         while end < len(images) and images[end].shape == images[start].shape:
             end += 1
-        x = torch.stack(list(images[start:end])).permute(0, 3, 1, 2).float()
+        x = torch.stack(list(images[start:end])).permute(0, 3, 1, 2)
         h, w = x.shape[-2:]
         new_h, new_w = resized_size(h, w, pp)
         if (new_h, new_w) != (h, w):
             x = F.interpolate(
-                x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+                x.float(),
+                size=(new_h, new_w),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
             )
             x = x.round_().clamp_(0, 255)
         top, left = crop_origin(new_h, new_w, pp)
-        crops.append(x[:, :, top : top + pp.input_size, left : left + pp.input_size])
+        # Crop before converting to float: no work on pixels the crop drops.
+        crops.append(x[:, :, top : top + pp.input_size, left : left + pp.input_size].float())
         start = end
     batch = torch.cat(crops) / 255.0
     mean = torch.tensor(pp.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)

@@ -48,6 +48,12 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
                    "features are float16 in every case (%(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the backbones run (%(default)s)")
+    p.add_argument("--jpeg-decoder", choices=("auto", "pillow", "dali"), default="auto",
+                   help="who decodes the shards' JPEGs. auto: DALI's nvJPEG on the GPU with "
+                   "--device cuda, Pillow on CPU (measured faster there than DALI's CPU "
+                   "decoder); dali: DALI on the GPU with --device cuda, DALI's CPU decoder "
+                   "otherwise; pillow: always Pillow. Recorded per view in the store "
+                   "(%(default)s)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per shard task; 0 keeps torch's default (under Ray: "
                    "--cpus-per-task). Set it to the cores a task really has: oversubscribed "
@@ -121,7 +127,8 @@ def _extract(args: argparse.Namespace) -> int:
         plans = plan_extraction(
             args.shards, args.out, args.view, weights=_pairs(args.weights, "--weights"),
             stages=args.stages, logits=args.logits, batch_size=args.batch_size,
-            dtype=args.dtype, device=args.device, threads=args.threads)
+            dtype=args.dtype, device=args.device, threads=args.threads,
+            jpeg_decoder=args.jpeg_decoder)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"c2f extract: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -183,7 +190,7 @@ def _build(args: argparse.Namespace) -> int:
             videos_per_shard=args.videos_per_shard, timeout_s=args.timeout,
             weights=_pairs(args.weights, "--weights"), stages=args.stages, logits=args.logits,
             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-            threads=args.threads)
+            threads=args.threads, jpeg_decoder=args.jpeg_decoder)
     except (mf.ManifestError, ShardSettingsError, ValueError, OSError, RuntimeError) as exc:
         print(f"c2f build: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -93,6 +93,9 @@ def test_uniform_baseline_trains_well_above_chance(store, tmp_path):
     assert [ln["epoch"] for ln in lines if ln["kind"] == "epoch"] == list(range(6))
     assert (run / "checkpoints" / "best.pt").exists()
     assert json.loads((run / "config.json").read_text())["lr"] == 1e-2
+    report = run / "report"
+    assert {"accuracy_vs_gflops.png", "fine_usage_per_class.png", "decision_strips.png",
+            "summary.md"} <= {p.name for p in report.iterdir()}
 
 
 def test_uniform_fine_gflops_are_frames_times_measured_view_cost(store, tmp_path):

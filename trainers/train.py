@@ -16,6 +16,8 @@ with whatever buffers it filled). Run directory:
     RUN/eval.json              test summary (the run is finished once this exists)
     RUN/predictions.jsonl      one test video per line: id, labels, scores, gflops, length,
                                frames_used per view, decisions (with decision_names in eval.json)
+    RUN/report/                accuracy vs GFLOPs, fine usage per class, decision strips and
+                               summary.md, drawn when the run finishes (trainers/report.py)
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     log.info("test (%s): mAP %.4f top1 %.4f GFLOPs/video %.2f ± %.2f fine usage %.3f",
              cfg.eval_split, result["mAP"], result["top1"], result["gflops_mean"],
              result["gflops_std"], result["fine_usage_mean"])
+    from trainers.report import make_report  # report.py imports this module
+
+    make_report(run)  # every finished run carries its figures; `c2f report` redraws/compares
     return run
 
 

@@ -52,6 +52,16 @@ def test_eval_with_a_budget_the_method_lacks_is_a_clear_error(store, tmp_path, c
     assert "no online evaluation" in capsys.readouterr().err
 
 
+def test_online_budget_without_the_baseline_head_is_a_clear_error(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "liteeval", "--store", str(store), "--out", str(run), "--epochs", "1",
+                 "--set", "baseline_head=false", "--set", "fine_hidden=16",
+                 "--set", "coarse_hidden=8"]) == 0
+    assert main(["eval", str(run), "--online-budget", "1", "2"]) == 2
+    assert "baseline_head=True" in capsys.readouterr().err
+    assert not (run / "online.json").exists()
+
+
 def test_bad_override_exits_2_naming_the_key(store, tmp_path, capsys):
     code = main(["train", "uniform", "--store", str(store), "--out", str(tmp_path / "r"),
                  "--set", "gama=0.1"])

@@ -113,9 +113,9 @@ class Baseline(nn.Module):
             # each video's end: read the state at the last picked frame (or the mean)
             hs, _ = self.lstm(seq)
             if self.cfg.readout == "last":
-                h = hs[torch.arange(len(n)), n - 1]
+                h = hs[torch.arange(len(n), device=hs.device), n - 1]
             else:
-                valid = torch.arange(hs.shape[1])[None, :] < n[:, None]
+                valid = torch.arange(hs.shape[1], device=hs.device)[None, :] < n[:, None]
                 h = (hs * valid[..., None]).sum(1) / n[:, None]
             logits = self.head(self.dropout(h))
         used = {v: n for v in self.required_views}

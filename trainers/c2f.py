@@ -5,7 +5,10 @@ Pathways: one per view, ordered coarse -> fine (`Config.views`). Pathway n score
 its view with a small head and averages the frame scores over the video -> O_n. The pathways'
 concatenated logits are fused by a reparameterized FC layer (eq. 1) -> O_C2F, initialised to
 the sum of the pathways' logits (the paper gives no initialisation); `fold()` replaces it by
-the plain FC layer with the folded weights w_r, which is what inference runs.
+the plain FC layer with the folded weights w_r, the deployment form (tested to give the same
+outputs). Checkpoints keep the reparameterized weights w, so evaluation here computes w_r from
+them on the fly: folding inside a run would store w_r under the same parameter names and a
+reloaded model would apply eq. 1 twice.
 
 Training (`mode`):
 - "joint" (C2F_A): L = sum_n alpha L_n + (1 - alpha) L_C2F (eq. 3), alpha = 0.9.

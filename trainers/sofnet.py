@@ -277,13 +277,14 @@ class SoFNet(nn.Module):
         safe = count + (count.detach() == 0).to(count.dtype)
         logits = total / safe[:, None]  # eq. 3.6 (before the softmax); zeros if nothing used
         frame_cost_t = torch.stack(frame_cost, dim=1)  # [B, T]
-        seen_frames = ((codes >= 0) & (codes <= n)).sum(dim=1)
         hidden = torch.stack(hidden_all, dim=1)  # [B, T, N, H]
         inner = torch.stack([pm.inner(hidden[:, :, k]) for k, pm in enumerate(self.policies)], 2)
         return MethodOutput(
             logits=logits,
             gflops=frame_cost_t.sum(dim=1),
-            frames_used={self.view: seen_frames},
+            # the thesis' frame usage: frames that ran the whole backbone; frames stopped
+            # early are paid for in `gflops` up to their stage and visible in `decisions`
+            frames_used={self.view: (codes == n).sum(dim=1)},
             decisions=codes,
             decision_names=dict(self.decision_names),
             extras={

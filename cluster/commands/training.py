@@ -97,7 +97,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if fn is None:
             return _fail(ValueError(f"method {cfg.method!r} has no online evaluation "
                                     f"({module.__name__}.online_curve)"))
-        rows = fn(model, loader, sorted(args.online_budget))
+        try:
+            rows = fn(model, loader, sorted(args.online_budget))
+        except ValueError as err:  # e.g. a LiteEval run trained without its baseline head
+            return _fail(err)
         atomic_write_text(run / "online.json", json.dumps(rows, indent=2) + "\n")
         print(f"{'method':<12} {'K':>4} {'mAP':>7} {'top1':>7} {'GFLOPs':>9} {'fine':>6}")
         for r in rows:
@@ -111,7 +114,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     f"({module.__name__}.budget_run)"))
         per = args.videos_per_budget or len(loader.video_ids)
         budgets = [b for b in args.budget for _ in range(per)]
-        result = fn(model, loader, budgets)
+        try:
+            result = fn(model, loader, budgets)
+        except ValueError as err:
+            return _fail(err)
         atomic_write_text(run / "budget.json", json.dumps(result) + "\n")
         print(f"{len(budgets)} videos, budgets {args.budget} ({per} videos each): "
               f"mean cost {result['mean_cost']:.2f} GFLOPs/video, top-1 "

@@ -76,8 +76,8 @@ def _register_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--default-split", default="train", help="split for rows without one")
 
     p = builder("folder", "from class folders ROOT/<class>/<file>",
-                "Each video file under ROOT/<class>/ gets label <class> and id "
-                "<class>/<file name without extension>.")
+                "Each video file under ROOT/<class>/ (sub-folders included) gets label <class> "
+                "and as id its path relative to ROOT without extension, e.g. dog/clip01.")
     p.add_argument("input", type=Path, help="ROOT folder")
     p.add_argument("--split", default="train", help="split given to every video")
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.extract import ExtractPlan, ExtractView, extract_shard, make_extract_plans
+from pipeline.extract import (
+    ExtractOptions,
+    ExtractPlan,
+    ExtractView,
+    extract_shard,
+    make_extract_plans,
+)
 from pipeline.shards import ShardPlan, plan_shards, write_shard
 from pipeline.types import FrameFormat, SamplingPlan
 
@@ -57,14 +63,7 @@ def plan_build(
     videos_per_shard: int = 64,
     target_bytes: int | None = None,
     timeout_s: float = 120.0,
-    weights: Mapping[str, str] | None = None,
-    stages: Iterable[str] = (),
-    logits: bool = False,
-    batch_size: int = 64,
-    dtype: str = "float32",
-    device: str = "cpu",
-    threads: int = 0,
-    jpeg_decoder: str = "auto",
+    extract: ExtractOptions | None = None,
 ) -> list[BuildPlan]:
     """Shard plans as `plan_shards` makes them, each paired with its extraction plan."""
     shard_plans = plan_shards(
@@ -78,17 +77,7 @@ def plan_build(
         timeout_s=timeout_s,
     )
     extract_plans = make_extract_plans(
-        [p.path for p in shard_plans],
-        store_dir,
-        views,
-        weights=weights,
-        stages=stages,
-        logits=logits,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-        threads=threads,
-        jpeg_decoder=jpeg_decoder,
+        [p.path for p in shard_plans], store_dir, views, extract or ExtractOptions()
     )
     return [BuildPlan(s.index, s, e) for s, e in zip(shard_plans, extract_plans)]
 

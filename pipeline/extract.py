@@ -134,64 +134,51 @@ def code_version() -> str:
         return version
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How the views of one extraction run: `weights` {view: torchvision-layout checkpoint}
+    (views without one are random-init, logged loudly), `stages` names views whose per-stage
+    pooled features are stored, `logits` stores every view's classifier output too, then batch
+    size, precision (bf16/fp16 autocast only on cuda), device, torch CPU threads (0 = torch's
+    default) and the JPEG decoder (auto|pillow|dali, see `resolve_jpeg_decoder`)."""
+
+    weights: Mapping[str, str] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
+    logits: bool = False
+    batch_size: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 0
+    jpeg_decoder: str = "auto"
+
+
 def plan_extraction(
     shards_dir: str | os.PathLike,
     store_dir: str | os.PathLike,
     views: Sequence[ExtractView | str],
-    *,
-    weights: Mapping[str, str] | None = None,
-    stages: Iterable[str] = (),
-    logits: bool = False,
-    batch_size: int = 64,
-    dtype: str = "float32",
-    device: str = "cpu",
-    threads: int = 0,
-    jpeg_decoder: str = "auto",
+    options: ExtractOptions = ExtractOptions(),
 ) -> list[ExtractPlan]:
-    """One plan per `shard-*.tar` in `shards_dir`, in name order; part name = shard stem.
-
-    `weights` {view: checkpoint path} (views without one are random-init, logged loudly);
-    `stages` names views whose per-stage pooled features are stored; `logits` stores every
-    view's classifier output too; `jpeg_decoder` auto|pillow|dali (`resolve_jpeg_decoder`).
-    """
+    """One plan per `shard-*.tar` in `shards_dir`, in name order; part name = shard stem."""
     shards = sorted(Path(shards_dir).glob(SHARD_GLOB))
     if not shards:
         raise FileNotFoundError(f"no {SHARD_GLOB} in {shards_dir}")
-    return make_extract_plans(
-        shards,
-        store_dir,
-        views,
-        weights=weights,
-        stages=stages,
-        logits=logits,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-        threads=threads,
-        jpeg_decoder=jpeg_decoder,
-    )
+    return make_extract_plans(shards, store_dir, views, options)
 
 
 def make_extract_plans(
     shards: Sequence[str | os.PathLike],
     store_dir: str | os.PathLike,
     views: Sequence[ExtractView | str],
-    *,
-    weights: Mapping[str, str] | None = None,
-    stages: Iterable[str] = (),
-    logits: bool = False,
-    batch_size: int = 64,
-    dtype: str = "float32",
-    device: str = "cpu",
-    threads: int = 0,
-    jpeg_decoder: str = "auto",
+    options: ExtractOptions = ExtractOptions(),
 ) -> list[ExtractPlan]:
     """Plans for the given shard paths (they need not exist yet: `c2f build` writes them)."""
+    weights, stages, logits = dict(options.weights), set(options.stages), options.logits
+    batch_size, dtype, device = options.batch_size, options.dtype, options.device
+    threads, jpeg_decoder = options.threads, options.jpeg_decoder
     parsed = [parse_view(v) if isinstance(v, str) else v for v in views]
     names = [v.name for v in parsed]
     if not parsed or len(set(names)) != len(names):
         raise ValueError(f"need one or more views with distinct names, got {names}")
-    weights, stages = dict(weights or {}), set(stages)
     unknown = (set(weights) | stages) - set(names)
     if unknown:
         raise ValueError(

@@ -17,7 +17,13 @@ from backbones import build_backbone
 from cluster.cli import main as c2f
 from featstore import list_parts, open_store, validate
 from pipeline.build import build_shard, plan_build
-from pipeline.extract import RANDOM_INIT_SEED, extract_shard, finalize_store, plan_extraction
+from pipeline.extract import (
+    RANDOM_INIT_SEED,
+    ExtractOptions,
+    extract_shard,
+    finalize_store,
+    plan_extraction,
+)
 from pipeline.manifest import read_manifest
 from pipeline.preprocess import preprocess_frames, view_preprocess
 from pipeline.reader import iter_shard
@@ -42,8 +48,8 @@ def shards(tiny_dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def extracted(shards, tmp_path_factory) -> tuple[Path, list]:
     store = tmp_path_factory.mktemp("store")
-    plans = plan_extraction(shards, store, VIEWS, stages=["a"], logits=True, batch_size=2,
-                            threads=1)
+    options = ExtractOptions(stages=("a",), logits=True, batch_size=2, threads=1)
+    plans = plan_extraction(shards, store, VIEWS, options)
     results = [extract_shard(p) for p in plans]
     finalize_store(store, plans)
     return store, results
@@ -85,7 +91,7 @@ def test_extracted_features_match_a_direct_forward(shards, extracted):
 
 
 def test_rerun_skips_finished_parts_and_redoes_a_missing_one(shards, tmp_path):
-    plans = plan_extraction(shards, tmp_path, ["b=mobilenet_v2@48"], threads=1)
+    plans = plan_extraction(shards, tmp_path, ["b=mobilenet_v2@48"], ExtractOptions(threads=1))
     first = [extract_shard(p) for p in plans]
     kept = tmp_path / "parts" / "shard-000000.h5"
     stamp = kept.stat().st_mtime_ns
@@ -117,8 +123,8 @@ def test_build_in_one_pass_equals_shards_then_extract(tiny_dataset, extracted, t
     store_dir, _ = extracted
     plans = plan_build(read_manifest(tiny_dataset.manifest), tmp_path / "shards",
                        tmp_path / "store", VIEWS, sampling=SAMPLING, fmt=FMT,
-                       videos_per_shard=3, stages=["a"], logits=True, batch_size=2,
-                       threads=1)
+                       videos_per_shard=3,
+                       extract=ExtractOptions(stages=("a",), logits=True, batch_size=2, threads=1))
     results = [build_shard(p) for p in plans]
     assert sum(r.videos_ok for r in results) == 6 and not any(r.skipped for r in results)
     finalize(tmp_path / "shards")

@@ -120,15 +120,21 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_extract)
 
 
+def _extract_options(args: argparse.Namespace):
+    """The extraction flags `c2f extract` and `c2f build` share, as one ExtractOptions."""
+    from pipeline.extract import ExtractOptions
+
+    return ExtractOptions(
+        weights=_pairs(args.weights, "--weights"), stages=tuple(args.stages or ()),
+        logits=args.logits, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        threads=args.threads, jpeg_decoder=args.jpeg_decoder)
+
+
 def _extract(args: argparse.Namespace) -> int:
     from pipeline.extract import extract_shard, finalize_store, plan_extraction
 
     try:
-        plans = plan_extraction(
-            args.shards, args.out, args.view, weights=_pairs(args.weights, "--weights"),
-            stages=args.stages, logits=args.logits, batch_size=args.batch_size,
-            dtype=args.dtype, device=args.device, threads=args.threads,
-            jpeg_decoder=args.jpeg_decoder)
+        plans = plan_extraction(args.shards, args.out, args.view, _extract_options(args))
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"c2f extract: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -188,9 +194,7 @@ def _build(args: argparse.Namespace) -> int:
             table, args.shards_out, args.out, args.view, sampling=sampling,
             fmt=FrameFormat(args.short_side, None, args.jpeg_quality), backend=args.backend,
             videos_per_shard=args.videos_per_shard, timeout_s=args.timeout,
-            weights=_pairs(args.weights, "--weights"), stages=args.stages, logits=args.logits,
-            batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-            threads=args.threads, jpeg_decoder=args.jpeg_decoder)
+            extract=_extract_options(args))
     except (mf.ManifestError, ShardSettingsError, ValueError, OSError, RuntimeError) as exc:
         print(f"c2f build: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

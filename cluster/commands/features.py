@@ -13,8 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cluster.executor import MODES, RunError, run_plans
-from cluster.progress import Progress
+from cluster.commands.running import add_run_args, run_with_progress
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -58,16 +57,7 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads per shard task; 0 keeps torch's default (under Ray: "
                    "--cpus-per-task). Set it to the cores a task really has: oversubscribed "
                    "threads slow CPU inference down many times")
-    _add_run_args(p)
-
-
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=MODES, default="local",
-                   help="local: embedded Ray on this machine; inprocess: no Ray; cluster: join "
-                   "--address or RAY_ADDRESS (use inside `c2f submit`) (%(default)s)")
-    p.add_argument("--address", help="Ray address (HOST:PORT or ray://...); implies --mode cluster")
-    p.add_argument("--cpus-per-task", type=float, default=1.0,
-                   help="CPUs Ray reserves per shard task (%(default)s)")
+    add_run_args(p)
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -86,21 +76,6 @@ def _warn_random_init(plans: list) -> None:
             print(f"WARNING: view {v.name} ({v.backbone}@{v.input_size}) uses RANDOM-INIT "
                   "weights (no --weights): its features are not meaningful for recognition",
                   file=sys.stderr)
-
-
-def _run(fn, plans: list, args: argparse.Namespace, videos: int | None, name: str) -> bool:
-    progress = Progress(len(plans), total_videos=videos, unit="shards")
-    mode = args.mode if args.address is None or args.mode != "local" else "cluster"
-    try:
-        run_plans(fn, plans, mode=mode, address=args.address, num_cpus=args.cpus_per_task,
-                  on_result=progress.update)
-    except RunError as exc:
-        progress.close()
-        print(f"c2f {name}: {exc}\nre-run the same command to finish the failed shards "
-              "(finished parts are kept and skipped)", file=sys.stderr)
-        return False
-    progress.close()
-    return True
 
 
 # ------------------------------------------------------------------------------------- extract
@@ -139,7 +114,7 @@ def _extract(args: argparse.Namespace) -> int:
         print(f"c2f extract: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    if not _run(extract_shard, plans, args, None, "extract"):
+    if not run_with_progress(extract_shard, plans, args, None, "extract"):
         return EXIT_PARTIAL
     print(json.dumps(finalize_store(args.out, plans), indent=1))
     return EXIT_OK
@@ -199,7 +174,7 @@ def _build(args: argparse.Namespace) -> int:
         print(f"c2f build: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    ok = _run(build_shard, plans, args, table.num_rows, "build")
+    ok = run_with_progress(build_shard, plans, args, table.num_rows, "build")
     if not ok:
         return EXIT_PARTIAL
     try:

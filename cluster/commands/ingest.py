@@ -12,8 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cluster.executor import MODES, RunError, run_plans
-from cluster.progress import Progress
+from cluster.commands.running import add_run_args, run_with_progress
 from pipeline import manifest as mf
 from pipeline.encode import CODECS
 from pipeline.types import SAMPLING_MODES, FrameFormat, SamplingPlan
@@ -258,10 +257,7 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds allowed to decode one video before it is recorded as failed "
                    "(%(default)s)")
-    p.add_argument("--mode", choices=MODES, default="local",
-                   help="local: embedded Ray on this machine; inprocess: no Ray; cluster: join "
-                   "--address or RAY_ADDRESS (use inside `c2f submit`) (%(default)s)")
-    p.add_argument("--address", help="Ray address (HOST:PORT or ray://...); implies --mode cluster")
+    add_run_args(p)
     p.set_defaults(handler=_shards)
 
 
@@ -290,16 +286,8 @@ def _shards(args: argparse.Namespace) -> int:
     except (mf.ManifestError, ShardSettingsError, ValueError) as exc:
         print(f"c2f shards: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    progress = Progress(len(plans), total_videos=table.num_rows, unit="shards")
-    mode = args.mode if args.address is None or args.mode != "local" else "cluster"
-    try:
-        run_plans(write_shard, plans, mode=mode, address=args.address, on_result=progress.update)
-    except RunError as exc:
-        progress.close()
-        print(f"c2f shards: {exc}\nre-run the same command to retry the failed shards",
-              file=sys.stderr)
+    if not run_with_progress(write_shard, plans, args, table.num_rows, "shards"):
         return EXIT_PARTIAL
-    progress.close()
     try:
         summary = finalize(args.out)
     except IncompleteShardsError as exc:

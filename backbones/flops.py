@@ -22,15 +22,17 @@ import json
 import logging
 import os
 import re
-import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbones.build import CLIP_BACKBONES, _builder
 from backbones.staged import StagedBackbone, global_pool
+from featstore.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,20 @@ def _input_shape(backbone: str, input_size: int, frames: int) -> tuple[int, ...]
     return (1, 3, input_size, input_size)
 
 
-def _count(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> tuple[float, torch.Tensor]:
+def count_gmacs(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """(GMACs of one call `fn(*args)`, its output): the project's one FLOP counter.
+
+    FlopCounterMode counts 2 FLOPs per multiply-add of matrix products and convolutions; we
+    report half, GMACs. Fused RNN kernels (oneDNN on CPU, cuDNN on GPU) are invisible to the
+    counter, so they are switched off while counting and nn.LSTM / nn.GRU decompose into the
+    matrix products it counts. Gradients are off: counting never trains.
+    """
     counter = FlopCounterMode(display=False)
-    with counter:
-        out = fn(*args)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TF32.*")
+        with (torch.no_grad(), torch.backends.mkldnn.flags(enabled=False),
+              torch.backends.cudnn.flags(enabled=False), counter):
+            out = fn(*args)
     return counter.get_total_flops() / 2e9, out
 
 
@@ -105,7 +117,7 @@ def model_cost(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[fl
     """
     device = next(model.parameters()).device
     with torch.no_grad():
-        gmacs, _ = _count(model.eval(), torch.zeros(input_shape, device=device))
+        gmacs, _ = count_gmacs(model.eval(), torch.zeros(input_shape, device=device))
     return gmacs, sum(p.numel() for p in model.parameters())
 
 
@@ -120,11 +132,11 @@ def _measure_on(device: str, backbone: str, num_classes: int,
     total = 0.0
     with torch.no_grad():
         for name, stage in model.stages():
-            gmacs, x = _count(stage, x)
+            gmacs, x = count_gmacs(stage, x)
             total += gmacs
             stage_gmacs[name] = total
             stage_dims[name] = int(x.shape[1])
-        head_gmacs, _ = _count(model.head, global_pool(x))
+        head_gmacs, _ = count_gmacs(model.head, global_pool(x))
     return model, stage_gmacs, stage_dims, head_gmacs
 
 
@@ -157,11 +169,7 @@ def _from_disk(path: Path | None) -> ViewCost | None:
 def _to_disk(path: Path | None, cost: ViewCost) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(dataclasses.asdict(cost), handle)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(dataclasses.asdict(cost)))
 
 
 @functools.lru_cache(maxsize=256)

@@ -158,7 +158,7 @@ def trained(store, tmp_path_factory):
     """A joint C2F run and its model with the training error rates measured."""
     run = train(run_config(store, tmp_path_factory.mktemp("c2f_runs") / "joint"))
     _, model, store_, info = load_run(run)
-    stored = model.train_errors.clone()  # measured by the loop's after_training hook
+    stored = model.train_errors.clone()  # measured by the spec's post-training hook
     rates = c2f.measure_training_errors(model, make_loader(store_, VIEWS, "train", 64, False))
     return model, store_, info, rates, stored
 
@@ -212,9 +212,9 @@ def test_controller_keeps_the_running_cost_on_budget_and_follows_a_step(trained)
 def test_classroom_mode_freezes_the_teacher_after_training_it(store, tmp_path):
     cfg = run_config(store, tmp_path / "classroom", mode="classroom", epochs=5)
     run = train(cfg, stop_after_epochs=2)  # SCHEDULE: teacher for 2 of 5 epochs
-    teacher = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    teacher = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     train(cfg)
-    final = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     fine_keys = [k for k in final if k.startswith("pathways.2.")]
     coarse_keys = [k for k in final if k.startswith("pathways.0.")]
     assert fine_keys and all(torch.equal(teacher[k], final[k]) for k in fine_keys)

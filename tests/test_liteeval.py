@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from featstore import StoreWriter, ViewSpec, build_catalog, open_store
-from trainers import liteeval
+from trainers import liteeval, online
 from trainers.baselines import Config as BaselineConfig
 from trainers.config import RunConfig
 from trainers.data import StoreInfo, ViewInfo, make_loader, store_info
@@ -259,7 +259,7 @@ def test_online_curve_accuracy_rises_with_k(runs):
     _, model, store_, _ = load_run(runs("gamma0.3")["run"])
     loader = make_loader(store_, model.required_views, "test", 64, False)
     ks = [1, 2, 4, 8]
-    rows = liteeval.online_curve(model, loader, ks)
+    rows = online.online_curve(model, loader, ks)
     print("\nmethod     K   mAP    top1   GFLOPs")
     for r in rows:
         print(f"{r['method']:<9} {r['K']:>2} {r['mAP']:.3f}  {r['top1']:.3f}  {r['gflops']:.1f}")

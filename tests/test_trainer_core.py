@@ -119,8 +119,8 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(store, tmp_path):
     train(cut, stop_after_epochs=1)
     assert not (tmp_path / "cut" / "eval.json").exists()
     train(cut)
-    a = torch.load(full / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     epochs = [json.loads(ln)["epoch"] for ln in
               (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()

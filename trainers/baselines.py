@@ -17,47 +17,13 @@ Decisions per frame: 0 = features computed, 1 = skipped (only with `frames`), -1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
+from trainers.configs.baselines import Config
 from trainers.cost import frames_cost, module_gmacs, policy_cost
 from trainers.data import StoreInfo
 from trainers.method import Batch, MethodOutput, TrainState
-
-
-@dataclass
-class Config:
-    """kind: 'uniform' or 'lstm'. view: the features classified. concat_view: a second view
-    concatenated per frame (the +CF variants), or None. frames: look at this many uniformly
-    spaced frames per video (None = all). hidden: LSTM units. readout: 'last' or 'mean'
-    (LSTM). dropout: before the classifier."""
-
-    kind: Literal["uniform", "lstm"] = "uniform"
-    view: str = "fine"
-    concat_view: str | None = None
-    frames: int | None = None
-    hidden: int = 128
-    readout: Literal["last", "mean"] = "last"
-    dropout: float = 0.0
-
-    def validate(self, info: StoreInfo) -> None:
-        """Refuse views the store lacks and sizes that cannot work, naming the value."""
-        for key in ("view", "concat_view"):
-            value = getattr(self, key)
-            if value is not None and value not in info.views:
-                raise ValueError(f"{key}={value!r} is not a view of the store "
-                                 f"(has {sorted(info.views)})")
-        if self.concat_view == self.view:
-            raise ValueError(f"concat_view={self.concat_view!r} repeats view")
-        if self.frames is not None and self.frames < 1:
-            raise ValueError(f"frames={self.frames} must be >= 1 or None")
-        if self.hidden < 1:
-            raise ValueError(f"hidden={self.hidden} must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
 
 
 def uniform_frames(lengths: torch.Tensor, t: int, k: int | None) -> torch.Tensor:

@@ -35,7 +35,6 @@ stored in the `train_errors` buffer, hence in the checkpoint); they are Laplace-
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,72 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers.budget import BudgetController
+from trainers.configs.c2f import Config
 from trainers.cost import module_gmacs
 from trainers.data import StoreInfo, make_loader
+from trainers.evaluation import evaluating
 from trainers.losses import video_loss
 from trainers.method import Batch, MethodOutput, TrainState
-from trainers.train import to_device
 
 log = logging.getLogger(__name__)
 
 #: staged training for the classroom mode (sec. 3.4): train F, then freeze it and teach
 SCHEDULE = [("teacher", 0.4), ("classroom", 0.6)]
-
-
-@dataclass
-class Config:
-    """C2F hyperparameters (paper defaults: beta=1, alpha=0.9 joint, alpha=0.1/tau=6 classroom).
-
-    views: pathway views, coarse first, finest last (N = len(views) >= 2).
-    mode: "joint" (eq. 3) or "classroom" (eq. 4 with a frozen, first-trained finest pathway).
-    beta: reparameterization strength of the fusion FC layer, in [0, 2] (eq. 1).
-    alpha / distill_alpha: alpha of eq. 3 / of eq. 4.
-    tau: distillation temperature of eq. 4.
-    head_hidden: hidden width of the per-frame head (0: a linear head).
-    dropout: dropout before each pathway's final FC (the paper uses 0.5).
-    exit_threshold: T used by the offline evaluation; None runs the whole ensemble (C2F_En).
-    loss: "ce" (soft-target CE, see trainers.liteeval) or "bce".
-    """
-
-    views: list[str] = field(default_factory=lambda: ["coarse", "fine"])
-    mode: str = "joint"
-    beta: float = 1.0
-    alpha: float = 0.9
-    distill_alpha: float = 0.1
-    tau: float = 6.0
-    head_hidden: int = 64
-    dropout: float = 0.5
-    exit_threshold: float | None = None
-    loss: str = "ce"
-
-    def validate(self, info: StoreInfo) -> None:
-        """Refuse values the model cannot run with, naming the bad one."""
-        if len(self.views) < 2:
-            raise ValueError(f"views={self.views} needs at least two pathways (coarse, fine)")
-        for view in self.views:
-            if view not in info.views:
-                raise ValueError(
-                    f"views: {view!r} is not a view of the store (views: {sorted(info.views)})"
-                )
-        if len(set(self.views)) != len(self.views):
-            raise ValueError(f"views={self.views} repeats a view")
-        if self.mode not in ("joint", "classroom"):
-            raise ValueError(f"mode={self.mode!r} must be 'joint' or 'classroom'")
-        if not 0.0 <= self.beta <= 2.0:
-            raise ValueError(f"beta={self.beta} must be in [0, 2]")
-        for key in ("alpha", "distill_alpha"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1]")
-        if self.tau <= 0:
-            raise ValueError(f"tau={self.tau} must be > 0")
-        if self.head_hidden < 0:
-            raise ValueError(f"head_hidden={self.head_hidden} must be >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.exit_threshold is not None and not self.exit_threshold <= 1.0:
-            raise ValueError(f"exit_threshold={self.exit_threshold} must be <= 1")
-        if self.loss not in ("ce", "bce"):
-            raise ValueError(f"loss={self.loss!r} must be 'ce' or 'bce'")
 
 
 class ReparamLinear(nn.Module):
@@ -313,41 +257,33 @@ def _top1_wrong(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return targets[torch.arange(len(top), device=top.device), top] <= 0
 
 
-@torch.no_grad()
 def measure_training_errors(model: C2F, loader) -> torch.Tensor:
     """Measure e_n and e_C2F on `loader` (the training split) in eval mode and store them.
 
-    Returns the smoothed rates [N+1] (pathways coarse -> fine, then the ensemble).
+    The C2F spec's post-training hook (trainers/methods.py): the loop calls it on the best
+    weights before the test evaluation. Returns the smoothed rates [N+1] (pathways coarse ->
+    fine, then the ensemble).
     """
-    was_training = model.training
-    model.eval()
     wrong = torch.zeros(len(model.pathways) + 1, dtype=torch.float64)
     total = 0
-    device = model.train_errors.device
-    for batch in loader:
-        batch = to_device(batch, device)
-        paths = model.pathway_logits(batch)
-        fused = model.fusion(paths.flatten(1))
-        for i in range(paths.shape[1]):
-            wrong[i] += _top1_wrong(paths[:, i], batch.targets).sum().cpu()
-        wrong[-1] += _top1_wrong(fused, batch.targets).sum().cpu()
-        total += len(batch.video_ids)
+    with evaluating(model, loader) as batches:
+        for batch in batches:
+            paths = model.pathway_logits(batch)
+            fused = model.fusion(paths.flatten(1))
+            for i in range(paths.shape[1]):
+                wrong[i] += _top1_wrong(paths[:, i], batch.targets).sum().cpu()
+            wrong[-1] += _top1_wrong(fused, batch.targets).sum().cpu()
+            total += len(batch.video_ids)
     rates = (wrong + 1.0) / (total + 2.0)
     model.train_errors.copy_(rates.to(model.train_errors.dtype))
-    model.train(was_training)
     log.info("C2F training error rates (pathways..., ensemble): %s on %d videos",
              [round(float(r), 4) for r in rates], total)
     return rates
 
 
-def after_training(model: C2F, train_loader) -> None:
-    """Hook for the training loop: measure the error rates eq. 5 needs, before the final save."""
-    measure_training_errors(model, train_loader)
-
-
 def ensure_training_errors(model: C2F, loader) -> None:
     """Measure e_n, e_C2F on the training split of `loader`'s store when the checkpoint lacks
-    them (a run trained by a loop that did not call `after_training`)."""
+    them (a run trained without the spec's post-training hook)."""
     if not torch.isnan(model.train_errors).any():
         return
     train = make_loader(loader.store, loader.views, "train", loader.batch_size, False)
@@ -356,29 +292,28 @@ def ensure_training_errors(model: C2F, loader) -> None:
     measure_training_errors(model, train)
 
 
-@torch.no_grad()
 def _collect(model: C2F, loader, needed: int) -> dict[str, np.ndarray]:
     """Per-video confidence, exit costs and correctness at every exit, cycling `loader`."""
-    model.eval()
     conf, costs, correct, ids = [], [], [], []
     seen = 0
-    while seen < needed:
-        before = seen
-        for batch in loader:
-            batch = to_device(batch, model.train_errors.device)
-            paths = model.pathway_logits(batch)
-            fused = model.fusion(paths.flatten(1))
-            conf.append(model.calibrated_confidence(paths))
-            costs.append(model.exit_costs(batch.lengths))
-            options = torch.cat([paths[:, :-1], fused.unsqueeze(1)], dim=1)
-            right = [~_top1_wrong(options[:, i], batch.targets) for i in range(options.shape[1])]
-            correct.append(torch.stack(right, dim=1))
-            ids.extend(batch.video_ids)
-            seen += len(batch.video_ids)
-            if seen >= needed:
-                break
-        if seen == before:
-            raise ValueError("budget_run: the loader yielded no videos")
+    with evaluating(model, loader) as batches:
+        while seen < needed:
+            before = seen
+            for batch in batches:
+                paths = model.pathway_logits(batch)
+                fused = model.fusion(paths.flatten(1))
+                conf.append(model.calibrated_confidence(paths))
+                costs.append(model.exit_costs(batch.lengths))
+                options = torch.cat([paths[:, :-1], fused.unsqueeze(1)], dim=1)
+                right = [~_top1_wrong(options[:, i], batch.targets)
+                         for i in range(options.shape[1])]
+                correct.append(torch.stack(right, dim=1))
+                ids.extend(batch.video_ids)
+                seen += len(batch.video_ids)
+                if seen >= needed:
+                    break
+            if seen == before:
+                raise ValueError("budget_run: the loader yielded no videos")
     return {
         "confidence": torch.cat(conf).cpu().numpy()[:needed],
         "costs": torch.cat(costs).cpu().numpy()[:needed],

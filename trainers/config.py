@@ -1,6 +1,6 @@
 """One typed configuration per run: loop settings + the method's own Config.
 
-Sources, later ones win: dataclass defaults (with the method name's PRESETS) -> a JSON or TOML
+Sources, later ones win: dataclass defaults (with the method spec's presets) -> a JSON or TOML
 file (`--config FILE`) -> explicit command-line flags (`--epochs 5`) -> `--set KEY=VALUE`.
 
 File layout (JSON shown; TOML uses a `[method_config]` table):
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.methods import PRESETS, method_module
+from trainers.methods import method_spec
 
 try:
     import tomllib
@@ -210,8 +210,7 @@ def resolve_config(
         raise ValueError("no method given (positional METHOD or 'method' in the config file)")
     if data.get("method") not in (None, method):
         raise ValueError(f"config file says method {data['method']!r} but {method!r} was given")
-    module = method_module(method)
-    cfg = RunConfig(method=method, method_config=module.Config(**PRESETS.get(method, {})))
+    cfg = RunConfig(method=method, method_config=method_spec(method).default_config())
     file_method = data.pop("method_config", {}) or {}
     data.pop("method", None)
     _set_fields(cfg, data, "", from_text=False)
@@ -253,8 +252,8 @@ def _check_ranges(cfg: RunConfig) -> None:
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """A RunConfig read back from RUN/config.json (same type checks)."""
     d = dict(d)
-    module = method_module(d["method"])
-    cfg = RunConfig(method=d.pop("method"), method_config=module.Config())
+    config_type = method_spec(d["method"]).config_type()
+    cfg = RunConfig(method=d.pop("method"), method_config=config_type())
     method_values = d.pop("method_config", {}) or {}
     _set_fields(cfg, d, "", from_text=False)
     _set_fields(cfg.method_config, method_values, "method_config.", from_text=False)

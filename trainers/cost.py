@@ -2,36 +2,26 @@
 
 A video's cost = measured per-frame cost of every backbone view (or backbone stage) the policy
 actually ran, summed over the frames it ran on, + the policy's own cost (RNN cells, gates,
-heads) counted per step with the same counter the backbones use (FlopCounterMode, 2 FLOPs per
-multiply-add, halved to GMACs; the papers call GMACs "GFLOPs").
+heads) counted per step with the counter the backbones use (`backbones.flops.count_gmacs`:
+FlopCounterMode with fused RNN kernels off, 2 FLOPs per multiply-add, halved to GMACs; the
+papers call GMACs "GFLOPs").
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from backbones.flops import count_gmacs
 from trainers.data import StoreInfo, ViewInfo
 
 
 def module_gmacs(module: torch.nn.Module, *example_inputs) -> float:
-    """GMACs of one call `module(*example_inputs)`, counted by FlopCounterMode.
+    """GMACs of one call `module(*example_inputs)` (backbones.flops.count_gmacs).
 
-    Pass inputs with batch size 1 to get the cost of one step for one video. Fused RNN
-    kernels (oneDNN on CPU, cuDNN on GPU) are invisible to the counter, so they are switched
-    off while counting and nn.LSTM/nn.GRU decompose into the matrix products it counts.
-    Like the backbone counts, only matrix products and convolutions are counted (elementwise
-    activations are not).
+    Pass inputs with batch size 1 to get the cost of one step for one video. Like the backbone
+    counts, only matrix products and convolutions are counted (elementwise activations are not).
     """
-    counter = FlopCounterMode(display=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TF32.*")
-        with (torch.no_grad(), torch.backends.mkldnn.flags(enabled=False),
-              torch.backends.cudnn.flags(enabled=False), counter):
-            module(*example_inputs)
-    return counter.get_total_flops() / 2 / 1e9
+    return count_gmacs(module, *example_inputs)[0]
 
 
 def frames_cost(frames_used: dict[str, torch.Tensor], info: StoreInfo) -> torch.Tensor:

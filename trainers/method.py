@@ -1,9 +1,11 @@
-"""The contract between the shared training loop and each method (LiteEval, AR-Net, SoF-Net,
-C2F, baselines).
+"""The contract between the shared training loop and each method's model (LiteEval, AR-Net,
+SoF-Net, C2F, baselines).
 
 The loop knows nothing about any method: it builds a `Batch` from the feature store, calls
 `model(batch, state)` to get a `MethodOutput`, and `model.loss(output, batch, state)` to get a
-scalar and named parts for logging. Methods differ only in their module and their loss.
+scalar and named parts for logging. Methods differ only in their module and their loss. What
+else the loop needs about a method (its Config, builder, stage schedule, post-training hook,
+extra evaluations) is in its `MethodSpec` (trainers/methods.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ class Batch:
     targets: torch.Tensor
     video_ids: list[str]
     stages: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on `device` (itself when already there)."""
+        device = torch.device(device)
+        if self.targets.device == device:
+            return self
+        return Batch(
+            features={v: x.to(device) for v, x in self.features.items()},
+            lengths=self.lengths.to(device),
+            mask=self.mask.to(device),
+            targets=self.targets.to(device),
+            video_ids=self.video_ids,
+            stages={v: {s: x.to(device) for s, x in st.items()} for v, st in self.stages.items()},
+        )
 
 
 @dataclass
@@ -67,7 +83,10 @@ class MethodOutput:
 
 
 class Method(Protocol):
-    """A torch module implementing one method."""
+    """A torch module implementing one method (built by its MethodSpec's builder).
+
+    A method whose spec has a stage schedule also defines `configure_stage(stage: str)`.
+    """
 
     #: views the method needs from the store, in coarse → fine order
     required_views: tuple[str, ...]

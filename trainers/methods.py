@@ -1,42 +1,143 @@
-"""Method names the CLI accepts -> the module implementing them (+ Config presets).
+"""Every method the trainers know, each described once by a `MethodSpec`.
 
-Plain data, no registry: every method module exposes `Config` and `build(cfg, info)` (see
-trainers/method.py). Several names may share a module and differ only in Config defaults
-(PRESETS), e.g. `lstm-cf` is the LSTM baseline fed coarse+fine features.
+The training loop, `c2f train | eval | sweep` and docs/trainers.md read these specs instead of
+probing method modules for optional members. A spec names its parts as 'module:attribute'
+references that are imported only when used, so listing methods and their config keys (e.g.
+`c2f train METHOD --help`) does not import torch. Several names may share one module and
+differ only in Config defaults (`presets`), e.g. `lstm-cf` is the LSTM baseline fed
+coarse+fine features. Adding a method = a module with a Config dataclass and a builder
+(trainers/method.py), plus one entry in METHODS.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-METHODS: dict[str, str] = {
-    "liteeval": "trainers.liteeval",
-    "liteeval-rl": "trainers.liteeval",
-    "arnet": "trainers.arnet",
-    "random-policy": "trainers.arnet",
-    "sofnet": "trainers.sofnet",
-    "c2f": "trainers.c2f",
-    "uniform": "trainers.baselines",
-    "lstm": "trainers.baselines",
-    "uniform-cf": "trainers.baselines",
-    "lstm-cf": "trainers.baselines",
-}
-
-#: Config defaults that make a method name out of a shared module
-PRESETS: dict[str, dict[str, Any]] = {
-    "liteeval-rl": {"gate": "reinforce"},
-    "random-policy": {"policy": "random"},
-    "uniform": {"kind": "uniform"},
-    "lstm": {"kind": "lstm"},
-    "uniform-cf": {"kind": "uniform", "concat_view": "coarse"},
-    "lstm-cf": {"kind": "lstm", "concat_view": "coarse"},
-}
+from trainers import rundir
 
 
-def method_module(name: str) -> ModuleType:
-    """Import the module implementing method `name` (ValueError naming it when unknown)."""
+def load_ref(ref: str) -> Any:
+    """The attribute a 'package.module:attribute' reference names (imports the module)."""
+    module, sep, attribute = ref.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"bad reference {ref!r}: expected 'package.module:attribute'")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation beyond the loop's offline one, run by `c2f eval RUN --FLAG VALUES...`.
+
+    function: reference to `f(model, loader, values) -> JSON-able result`; it raises
+        ValueError naming what a run lacks for it (e.g. a head that was not trained).
+    output: the file of the run directory it writes (trainers.rundir), which reports draw.
+    flag: the `c2f eval` option that asks for it; help: one line for that option.
+    """
+
+    name: str
+    function: str
+    output: str
+    flag: str
+    help: str
+
+
+#: LiteEval Fig. 2: predict after the K-th fine feature, against Uniform-K and Seq-K
+ONLINE = Evaluation("online", "trainers.online:online_curve", rundir.ONLINE, "--online-budget",
+                    "online evaluation with these fine-feature budgets K (LiteEval Fig. 2)")
+#: C2F Fig. 2a: stream videos through the coarse-exit cascade under per-video budgets (eq. 6)
+BUDGET = Evaluation("budget", "trainers.c2f:budget_run", rundir.BUDGET, "--budget",
+                    "per-video GFLOPs budgets B for the C2F budget controller (eq. 6)")
+EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (ONLINE, BUDGET)}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the loop, the CLI and the docs need to know about one method.
+
+    name: the CLI name. summary: one line for listings.
+    config: reference to the method's Config dataclass (fields = the method's config keys,
+        each documented in its docstring; `validate(info)` refuses bad values).
+    builder: reference to `build(cfg, info) -> nn.Module` implementing trainers.method.Method.
+    schedule: reference to a list of (stage, fraction of the epochs) pairs; the model then has
+        `configure_stage(stage)`, which the loop calls whenever the stage changes. None: one
+        stage, "joint", for every epoch.
+    after_training: reference to `f(model, train_loader)` called on the best weights before
+        the test evaluation (best.pt is re-saved with whatever buffers it filled).
+    evaluations: extra evaluations `c2f eval` offers for this method.
+    presets: Config defaults that make this name out of a shared module.
+    """
+
+    name: str
+    summary: str
+    config: str
+    builder: str
+    schedule: str | None = None
+    after_training: str | None = None
+    evaluations: tuple[Evaluation, ...] = ()
+    presets: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "presets", MappingProxyType(dict(self.presets)))
+
+    def config_type(self) -> type:
+        """The method's Config dataclass."""
+        return load_ref(self.config)
+
+    def default_config(self) -> Any:
+        """A Config with this name's presets applied."""
+        return self.config_type()(**self.presets)
+
+    def build(self, cfg: Any, info: Any) -> Any:
+        """The model for `cfg` on a store described by `info` (trainers.data.StoreInfo)."""
+        return load_ref(self.builder)(cfg, info)
+
+    def stages(self) -> list[tuple[str, float]]:
+        """(stage, fraction of the epochs) pairs; empty for a single-stage method."""
+        return list(load_ref(self.schedule)) if self.schedule else []
+
+    def evaluation(self, name: str) -> Evaluation | None:
+        """The extra evaluation called `name`, or None when this method has none."""
+        return next((e for e in self.evaluations if e.name == name), None)
+
+
+_LITEEVAL = ("trainers.configs.liteeval:Config", "trainers.liteeval:build")
+_BASELINE = ("trainers.configs.baselines:Config", "trainers.baselines:build")
+
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("liteeval", "LiteEval: coarse RNN + Gumbel-gated fine RNN (Wu et al.)",
+               *_LITEEVAL, evaluations=(ONLINE,)),
+    MethodSpec("liteeval-rl", "LiteEval-RL: LiteEval's gate trained by policy gradient",
+               *_LITEEVAL, evaluations=(ONLINE,), presets={"gate": "reinforce"}),
+    MethodSpec("arnet", "AR-Net: per-frame resolution or skip chosen by an LSTM policy",
+               "trainers.configs.arnet:Config", "trainers.arnet:build",
+               schedule="trainers.arnet:SCHEDULE"),
+    MethodSpec("random-policy", "AR-Net's classifiers with actions drawn at random",
+               "trainers.configs.arnet:Config", "trainers.arnet:build",
+               schedule="trainers.arnet:SCHEDULE", presets={"policy": "random"}),
+    MethodSpec("sofnet", "SoF-Net: per-frame layer skipping with early termination (Seon)",
+               "trainers.configs.sofnet:Config", "trainers.sofnet:build",
+               schedule="trainers.sofnet:SCHEDULE"),
+    MethodSpec("c2f", "C2F: coarse-exit ensemble of pathways (Quader et al.)",
+               "trainers.configs.c2f:Config", "trainers.c2f:build",
+               schedule="trainers.c2f:SCHEDULE",
+               after_training="trainers.c2f:measure_training_errors", evaluations=(BUDGET,)),
+    MethodSpec("uniform", "Uniform: per-frame linear classifier, mean of the softmax",
+               *_BASELINE, presets={"kind": "uniform"}),
+    MethodSpec("lstm", "LSTM over every frame, prediction from the last state",
+               *_BASELINE, presets={"kind": "lstm"}),
+    MethodSpec("uniform-cf", "Uniform on coarse+fine features concatenated",
+               *_BASELINE, presets={"kind": "uniform", "concat_view": "coarse"}),
+    MethodSpec("lstm-cf", "LSTM on coarse+fine features concatenated",
+               *_BASELINE, presets={"kind": "lstm", "concat_view": "coarse"}),
+)}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of method `name` (ValueError naming it when unknown)."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return importlib.import_module(METHODS[name])
+    return METHODS[name]

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from trainers.cost import module_gmacs
+from trainers.evaluation import evaluating
 from trainers.method import TrainState
 from trainers.metrics import mean_average_precision, top1_accuracy
-from trainers.train import to_device
 
 
 def uniform_positions(length: int, k: int) -> np.ndarray:
@@ -50,44 +50,41 @@ def _row(method: str, k: int, scores: list, targets: list, gflops: list, fine: l
     }
 
 
-@torch.no_grad()
 def online_curve(model, loader, ks: list[int]) -> list[dict]:
     """LiteEval, Uniform-K and Seq-K rows for every K in `ks` (see module doc).
 
     `model` is a trained trainers.liteeval.LiteEval built with baseline_head=True (its
     Uniform-fine head was trained on the same training videos, on detached fine features).
+    `c2f eval RUN --online-budget K...` runs this (the LiteEval specs' ONLINE evaluation).
     """
     if any(k < 1 for k in ks):
         raise ValueError(f"budgets K must be >= 1, got {ks}")
     head = getattr(model, "uniform_head", None)
     if head is None:
         raise ValueError("online_curve needs a LiteEval model trained with baseline_head=True")
-    was_training = model.training
-    model.eval()
     head_gmacs = module_gmacs(head, torch.zeros(1, head.in_features))
     per_coarse = model.coarse_gmacs + model.coarse_step_gmacs
     per_fine = model.fine_gmacs + model.fine_step_gmacs
     acc = {(m, k): ([], [], [], []) for m in ("liteeval", "uniform-k", "seq-k") for k in ks}
-    device = next(model.parameters()).device
-    for batch in loader:
-        out = model(to_device(batch, device), TrainState(training=False))
-        steps = F.softmax(out.extras["step_logits"], dim=2).cpu().numpy()
-        frame_logits = out.extras["uniform_frame_logits"].cpu()
-        decisions = out.decisions.cpu().numpy()
-        targets = batch.targets.cpu().numpy()
-        for b, length in enumerate(batch.lengths.tolist()):
-            for k in ks:
-                t, n = emit_step(decisions[b], length, k)
-                cost = (t + 1) * per_coarse + n * per_fine + model.classifier_gmacs
-                _add(acc[("liteeval", k)], steps[b, t], targets[b], cost, n)
-                for name, idx in (
-                    ("uniform-k", uniform_positions(length, k)),
-                    ("seq-k", np.arange(min(k, length))),
-                ):
-                    score = F.softmax(frame_logits[b, idx], dim=1).mean(0).numpy()
-                    cost = len(idx) * (model.fine_gmacs + head_gmacs)
-                    _add(acc[(name, k)], score, targets[b], cost, len(idx))
-    model.train(was_training)
+    with evaluating(model, loader) as batches:
+        for batch in batches:
+            out = model(batch, TrainState(training=False))
+            steps = F.softmax(out.extras["step_logits"], dim=2).cpu().numpy()
+            frame_logits = out.extras["uniform_frame_logits"].cpu()
+            decisions = out.decisions.cpu().numpy()
+            targets = batch.targets.cpu().numpy()
+            for b, length in enumerate(batch.lengths.tolist()):
+                for k in ks:
+                    t, n = emit_step(decisions[b], length, k)
+                    cost = (t + 1) * per_coarse + n * per_fine + model.classifier_gmacs
+                    _add(acc[("liteeval", k)], steps[b, t], targets[b], cost, n)
+                    for name, idx in (
+                        ("uniform-k", uniform_positions(length, k)),
+                        ("seq-k", np.arange(min(k, length))),
+                    ):
+                        score = F.softmax(frame_logits[b, idx], dim=1).mean(0).numpy()
+                        cost = len(idx) * (model.fine_gmacs + head_gmacs)
+                        _add(acc[(name, k)], score, targets[b], cost, len(idx))
     return [_row(m, k, *acc[(m, k)]) for (m, k) in acc]
 
 

@@ -1,5 +1,6 @@
 """Figures and a summary table from finished runs (RUN/eval.json, predictions.jsonl, and the
-optional RUN/online.json and RUN/budget.json written by `c2f eval`).
+optional RUN/online.json and RUN/budget.json written by `c2f eval`); file names are those of
+trainers/rundir.py.
 
 - accuracy_vs_gflops.png: mAP against mean GFLOPs per video (± std) for the run and the runs
   it is compared with (the shape of LiteEval Table 1 / AR-Net Fig. 3 as a plot).
@@ -31,8 +32,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from featstore.atomic import atomic_path, write_text
+from trainers import rundir
 from trainers.synthetic import TRUTH_FILE, load_truth
-from trainers.train import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +59,27 @@ class RunResult:
 
 def load_result(run: str | os.PathLike) -> RunResult:
     """Read a finished run (FileNotFoundError naming what is missing)."""
-    run = Path(run)
-    missing = [n for n in ("config.json", "eval.json", "predictions.jsonl")
-               if not (run / n).exists()]
+    files = rundir.RunDir(run)
+    if not files.root.is_dir():
+        raise FileNotFoundError(f"run directory {files.root} does not exist")
+    missing = [p.name for p in (files.config, files.eval, files.predictions) if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"{run} is not a finished run: missing {', '.join(missing)}")
-    config = json.loads((run / "config.json").read_text())
-    summary = json.loads((run / "eval.json").read_text())
-    records = [json.loads(ln) for ln in (run / "predictions.jsonl").read_text().splitlines()
-               if ln.strip()]
-    online = json.loads((run / "online.json").read_text()) if (run / "online.json").exists() \
-        else None
-    budget = json.loads((run / "budget.json").read_text()) if (run / "budget.json").exists() \
-        else None
-    label = f"{config['method']} ({run.name})"
-    return RunResult(run, label, config, summary, records, online, budget)
+        raise FileNotFoundError(f"{files.root} is not a finished run: missing "
+                                f"{', '.join(missing)}")
+    config = json.loads(files.config.read_text())
+    summary = json.loads(files.eval.read_text())
+    records = [json.loads(ln) for ln in files.predictions.read_text().splitlines() if ln.strip()]
+    online, budget = (json.loads(p.read_text()) if p.exists() else None
+                      for p in (files.output(rundir.ONLINE), files.output(rundir.BUDGET)))
+    label = f"{config['method']} ({files.root.name})"
+    return RunResult(files.root, label, config, summary, records, online, budget)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Draw `fig` with the Agg canvas and write it atomically as PNG to `path`."""
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
 
 
@@ -96,7 +97,7 @@ def plot_accuracy_vs_gflops(runs: list[RunResult], path: Path) -> Path:
     ax.set_title("Accuracy vs computation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_online_curve(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -117,7 +118,7 @@ def plot_online_curve(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Online recognition with a budget of K fine features")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _class_names(run: RunResult) -> list[str]:
@@ -150,7 +151,7 @@ def plot_fine_usage_per_class(run: RunResult, path: Path) -> Path:
         title += f" ({len(order)} of {len(usage)} classes: lowest and highest)"
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pick_videos(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -212,7 +213,7 @@ def plot_decision_strips(run: RunResult, path: Path, videos: int = 12,
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
               title="decision")
     ax.set_title(f"Per-frame decisions — {run.label}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_budget(budget: dict[str, Any], path: Path) -> Path:
@@ -229,7 +230,7 @@ def plot_budget(budget: dict[str, Any], path: Path) -> Path:
                  f"mean cost {budget['mean_cost']:.1f}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _truth(run: RunResult) -> dict[str, np.ndarray] | None:
@@ -258,18 +259,18 @@ def make_report(run: str | os.PathLike, compare: list[str | os.PathLike] | None 
     """Write the figures and summary.md for `run` (+ compared runs) to `out` (RUN/report)."""
     main = load_result(run)
     runs = [main] + [load_result(c) for c in compare or []]
-    out = Path(out) if out else main.path / "report"
+    out = Path(out) if out else rundir.RunDir(main.path).report
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        plot_accuracy_vs_gflops(runs, out / "accuracy_vs_gflops.png"),
-        plot_fine_usage_per_class(main, out / "fine_usage_per_class.png"),
-        plot_decision_strips(main, out / "decision_strips.png", truth=_truth(main)),
+        plot_accuracy_vs_gflops(runs, out / rundir.ACCURACY_FIGURE),
+        plot_fine_usage_per_class(main, out / rundir.USAGE_FIGURE),
+        plot_decision_strips(main, out / rundir.STRIPS_FIGURE, truth=_truth(main)),
     ]
     if main.online:
-        written.append(plot_online_curve(main.online, out / "online_curve.png"))
+        written.append(plot_online_curve(main.online, out / rundir.ONLINE_FIGURE))
     if main.budget:
-        written.append(plot_budget(main.budget, out / "budget.png"))
-    atomic_write_text(out / "summary.md", summary_table(runs))
-    written.append(out / "summary.md")
+        written.append(plot_budget(main.budget, out / rundir.BUDGET_FIGURE))
+    write_text(out / rundir.SUMMARY, summary_table(runs))
+    written.append(out / rundir.SUMMARY)
     log.info("report for %s: %s", main.path, ", ".join(p.name for p in written))
     return written

@@ -1,7 +1,7 @@
 """One run per value of a knob (e.g. LiteEval's gamma), collected into an accuracy/cost curve.
 
-Each value trains into DIR/<knob>=<value>/ with the shared loop, so an interrupted sweep
-resumes (finished runs are skipped by train itself). Results: DIR/sweep.csv (one row per
+Each value trains into DIR/<knob>=<value>/ (trainers.rundir.sweep_point) with the shared
+loop, so an interrupted sweep resumes (finished runs are skipped by train itself). Results: DIR/sweep.csv (one row per
 value: mAP, top-1, GFLOPs per video and per frame, fine usage) and DIR/curve.png (mAP vs
 GFLOPs/video, points joined in knob order and labelled with the value).
 """
@@ -13,14 +13,15 @@ import io
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from featstore.atomic import write_text
+from trainers import rundir
 from trainers.config import resolve_config
+from trainers.report import save_figure
 from trainers.train import train
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ def parse_knob(text: str) -> tuple[str, list[str]]:
     return key.strip(), items
 
 
-def run_name(key: str, value: str) -> str:
-    """Directory name of one sweep point (characters unsafe in paths replaced)."""
-    return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{key}={value}")
-
-
 def sweep(
     method: str,
     out: str | os.PathLike,
@@ -55,30 +51,27 @@ def sweep(
     """Train METHOD once per knob value (flags/sets as for `c2f train`); returns sweep.csv."""
     out = Path(out)
     configs = [resolve_config(method, file, list(sets or []) + [f"{knob}={v}"],
-                              **{**flags, "out": str(out / run_name(knob, v))}) for v in values]
+                              **{**flags, "out": str(rundir.sweep_point(out, knob, v))})
+               for v in values]
     rows = []
     for value, cfg in zip(values, configs):
         log.info("sweep %s: %s=%s -> %s", method, knob, value, cfg.out)
         run = train(cfg)
-        s = json.loads((run / "eval.json").read_text())
+        s = json.loads(rundir.RunDir(run).eval.read_text())
         rows.append({"value": value, "run": run.name, **{k: s[k] for k in COLUMNS[2:]}})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[knob if c == "value" else c for c in COLUMNS])
     writer.writeheader()
     for r in rows:
         writer.writerow({(knob if k == "value" else k): v for k, v in r.items()})
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".sweep.csv.tmp-{os.getpid()}"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out / "sweep.csv")
-    plot_curve(rows, knob, method, out / "curve.png")
-    return out / "sweep.csv"
+    write_text(out / rundir.SWEEP_TABLE, buf.getvalue())
+    plot_curve(rows, knob, method, out / rundir.SWEEP_FIGURE)
+    return out / rundir.SWEEP_TABLE
 
 
 def plot_curve(rows: list[dict[str, Any]], knob: str, method: str, path: Path) -> Path:
     """mAP vs GFLOPs/video, one labelled point per knob value, joined in knob order."""
     fig = Figure(figsize=(7, 4.8))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     xs = [r["gflops_mean"] for r in rows]
     ys = [100 * r["mAP"] for r in rows]
@@ -90,7 +83,4 @@ def plot_curve(rows: list[dict[str, Any]], knob: str, method: str, path: Path) -
     ax.set_ylabel("mAP (%)")
     ax.set_title(f"{method}: accuracy vs computation over {knob}")
     ax.grid(alpha=0.3)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -8,25 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import textwrap
-from pathlib import Path
 
-from featstore import StoreError
-from trainers.config import resolve_config
-from trainers.data import make_loader
-from trainers.method import TrainState
-from trainers.methods import METHODS, method_module
-from trainers.report import make_report
-from trainers.sweep import parse_knob, sweep
-from trainers.synthetic import make_synthetic_store
-from trainers.train import atomic_write_text, evaluate, load_run, stage_plan, train
+from trainers.methods import BUDGET, METHODS, ONLINE, MethodSpec, method_spec
+
+log = logging.getLogger(__name__)
 
 CONFIG_HELP = """\
 configuration, later sources win: defaults < --config FILE < flags < --set.
 --set KEY=VALUE takes a loop key (epochs, batch_size, lr, weight_decay, seed, device,
 val_split, eval_split, log_every) or a key of the method's Config, bare (gamma=0.1) or dotted
-(method_config.gamma=0.1); lists as a,b,c. Unknown keys and wrong types are refused."""
+(method_config.gamma=0.1); lists as a,b,c. Unknown keys and wrong types are refused.
+`c2f train METHOD --help` lists METHOD's keys."""
 
 
 def _wrap(text: str) -> str:
@@ -52,7 +47,17 @@ def _flags(args: argparse.Namespace) -> dict:
             "device": args.device}
 
 
-def _fail(err: Exception) -> int:
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe bad input (a path, a key, a value) and end in exit 2."""
+    from featstore import StoreError
+
+    return ValueError, FileNotFoundError, NotADirectoryError, StoreError
+
+
+def _fail(err: Exception, args: argparse.Namespace) -> int:
+    """One line naming what is wrong, exit 2; the traceback only with `c2f -v`."""
+    if args.verbose:
+        log.error("traceback of the error below", exc_info=err)
     print(f"error: {err}", file=sys.stderr)
     return 2
 
@@ -66,118 +71,168 @@ def _print_summary(s: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from trainers.config import resolve_config
+    from trainers.rundir import RunDir
+    from trainers.train import train
+
     try:
         cfg = resolve_config(args.method, args.config, args.set, out=args.out, **_flags(args))
-        run = train(cfg, stop_after_epochs=args.stop_after_epochs)
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(err)
-    if (run / "eval.json").exists():
-        print(f"run {run} ({cfg.eval_split}):")
-        _print_summary(json.loads((run / "eval.json").read_text()))
+        run = RunDir(train(cfg, stop_after_epochs=args.stop_after_epochs))
+    except _user_errors() as err:
+        return _fail(err, args)
+    if run.finished():
+        print(f"run {run.root} ({cfg.eval_split}):")
+        _print_summary(json.loads(run.eval.read_text()))
     else:
-        print(f"run {run} stopped before the end; re-run the same command to resume")
+        print(f"run {run.root} stopped before the end; re-run the same command to resume")
     return 0
 
 
+def _no_evaluation(spec: MethodSpec, flag: str) -> ValueError:
+    offered = [e.flag for e in spec.evaluations]
+    return ValueError(f"method {spec.name!r} has no {flag} evaluation ({flag} is offered by "
+                      f"{sorted(n for n, s in METHODS.items() if s.evaluations)}; "
+                      f"{spec.name} offers {offered or 'none'})")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from featstore.atomic import write_text
+    from trainers.data import make_loader
+    from trainers.evaluation import evaluate, summary
+    from trainers.method import TrainState
+    from trainers.methods import load_ref
+    from trainers.rundir import RunDir
+    from trainers.train import load_run, stage_plan
+
+    run = RunDir(args.run)
     try:
-        cfg, model, store, info = load_run(args.run, args.which)
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(err)
-    module = method_module(cfg.method)
-    split = args.split or cfg.eval_split
-    loader = make_loader(store, model.required_views, split, cfg.batch_size, False, 0,
-                         model.needs_stages)
-    state = TrainState(epoch=cfg.epochs - 1, step=0,
-                       stage=stage_plan(getattr(module, "SCHEDULE", None), cfg.epochs)[-1],
-                       training=False)
-    run = Path(args.run)
-    if args.online_budget:
-        fn = getattr(module, "online_curve", None)
-        if fn is None:
-            return _fail(ValueError(f"method {cfg.method!r} has no online evaluation "
-                                    f"({module.__name__}.online_curve)"))
-        try:
-            rows = fn(model, loader, sorted(args.online_budget))
-        except ValueError as err:  # e.g. a LiteEval run trained without its baseline head
-            return _fail(err)
-        atomic_write_text(run / "online.json", json.dumps(rows, indent=2) + "\n")
-        print(f"{'method':<12} {'K':>4} {'mAP':>7} {'top1':>7} {'GFLOPs':>9} {'fine':>6}")
-        for r in rows:
-            print(f"{r['method']:<12} {r['K']:>4} {100 * r['mAP']:>6.2f}% {100 * r['top1']:>6.2f}%"
-                  f" {r['gflops']:>9.2f} {r.get('fine_frames', float('nan')):>6.2f}")
-        print(f"wrote {run / 'online.json'}")
-    if args.budget:
-        fn = getattr(module, "budget_run", None)
-        if fn is None:
-            return _fail(ValueError(f"method {cfg.method!r} has no budget evaluation "
-                                    f"({module.__name__}.budget_run)"))
-        per = args.videos_per_budget or len(loader.video_ids)
-        budgets = [b for b in args.budget for _ in range(per)]
-        try:
-            result = fn(model, loader, budgets)
-        except ValueError as err:
-            return _fail(err)
-        atomic_write_text(run / "budget.json", json.dumps(result) + "\n")
-        print(f"{len(budgets)} videos, budgets {args.budget} ({per} videos each): "
-              f"mean cost {result['mean_cost']:.2f} GFLOPs/video, top-1 "
-              f"{100 * result['top1']:.2f}%")
-        print(f"wrote {run / 'budget.json'}")
-    if not args.online_budget and not args.budget:
-        result = evaluate(model, loader, info, state)
-        summary = {k: v for k, v in result.items() if k != "records"}
-        out = run / "evals" / f"{split}-{args.which}.json"
-        out.parent.mkdir(exist_ok=True)
-        atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
-        print(f"{run} on {split} ({args.which}.pt):")
-        _print_summary(summary)
-        print(f"wrote {out}")
+        cfg, model, store, info = load_run(run.root, args.which)
+        spec = method_spec(cfg.method)
+        split = args.split or cfg.eval_split
+        loader = make_loader(store, model.required_views, split, cfg.batch_size, False, 0,
+                             model.needs_stages)
+        for evaluation, values in ((ONLINE, args.online_budget), (BUDGET, args.budget)):
+            if values and spec.evaluation(evaluation.name) is None:
+                raise _no_evaluation(spec, "online" if evaluation is ONLINE else "budget")
+        if args.online_budget:
+            rows = load_ref(ONLINE.function)(model, loader, sorted(args.online_budget))
+            write_text(run.output(ONLINE.output), json.dumps(rows, indent=2) + "\n")
+            print(f"{'method':<12} {'K':>4} {'mAP':>7} {'top1':>7} {'GFLOPs':>9} {'fine':>6}")
+            for r in rows:
+                print(f"{r['method']:<12} {r['K']:>4} {100 * r['mAP']:>6.2f}% "
+                      f"{100 * r['top1']:>6.2f}% {r['gflops']:>9.2f} {r['fine_frames']:>6.2f}")
+            print(f"wrote {run.output(ONLINE.output)}")
+        if args.budget:
+            per = args.videos_per_budget or len(loader.video_ids)
+            budgets = [b for b in args.budget for _ in range(per)]
+            result = load_ref(BUDGET.function)(model, loader, budgets)
+            write_text(run.output(BUDGET.output), json.dumps(result) + "\n")
+            print(f"{len(budgets)} videos, budgets {args.budget} ({per} videos each): "
+                  f"mean cost {result['mean_cost']:.2f} GFLOPs/video, top-1 "
+                  f"{100 * result['top1']:.2f}%")
+            print(f"wrote {run.output(BUDGET.output)}")
+        if not args.online_budget and not args.budget:
+            stages = stage_plan(spec.stages(), cfg.epochs)
+            state = TrainState(epoch=cfg.epochs - 1, step=0, stage=stages[-1], training=False)
+            result = summary(evaluate(model, loader, info, state))
+            out = run.split_eval(split, args.which)
+            write_text(out, json.dumps(result, indent=2) + "\n")
+            print(f"{run.root} on {split} ({args.which}.pt):")
+            _print_summary(result)
+            print(f"wrote {out}")
+    except _user_errors() as err:
+        return _fail(err, args)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from trainers.report import make_report
+
     try:
         paths = make_report(args.run, args.compare, args.out)
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(err)
+    except _user_errors() as err:
+        return _fail(err, args)
     for p in paths:
         print(p)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from trainers.sweep import parse_knob, sweep
+
     try:
         key, values = parse_knob(args.knob)
         csv_path = sweep(args.method, args.out, key, values, args.set, args.config,
                          **_flags(args))
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(err)
+    except _user_errors() as err:
+        return _fail(err, args)
     print(csv_path.read_text(), end="")
     print(f"wrote {csv_path} and {csv_path.with_name('curve.png')}")
     return 0
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
+    from trainers.synthetic import make_synthetic_store
+
     try:
         path = make_synthetic_store(args.store, videos=args.videos, classes=args.classes,
                                     frames=(args.min_frames, args.max_frames),
                                     informative=args.informative, seed=args.seed)
-    except (ValueError, StoreError) as err:
-        return _fail(err)
+    except _user_errors() as err:
+        return _fail(err, args)
     print(f"wrote synthetic store {path} ({args.videos} videos, {args.classes} classes)")
     return 0
+
+
+def method_help(name: str) -> str:
+    """The help section of method `name`: its summary and every config key (type, default,
+    one line from its Config docstring). Imports the torch-free Config only."""
+    from trainers.config_help import config_keys, format_keys
+
+    spec = method_spec(name)
+    lines = [f"{name}: {spec.summary}"]
+    if spec.evaluations:
+        lines.append("c2f eval options: " + ", ".join(e.flag for e in spec.evaluations))
+    lines.append(f"{name} config keys (--set KEY=VALUE):")
+    keys = config_keys(spec.config_type(), spec.presets)
+    return "\n".join(lines) + "\n" + format_keys(keys) + "\n"
+
+
+class MethodHelp(argparse.Action):
+    """-h/--help that, after METHOD, also lists that method's config keys."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        parser.print_help()
+        method = getattr(namespace, "method", None)
+        if method in METHODS:
+            print()
+            print(method_help(method), end="")
+        parser.exit()
+
+
+def _add_method_parser(sub: argparse._SubParsersAction, name: str, **kwargs: object
+                       ) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, add_help=False, epilog=CONFIG_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    p.add_argument("-h", "--help", action=MethodHelp,
+                   help="show this help (after METHOD: also METHOD's config keys) and exit")
+    return p
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add train, eval, report, sweep and synthetic to the top-level parser."""
     methods = ", ".join(sorted(METHODS))
-    p = sub.add_parser(
-        "train", help="train a method or baseline on a feature store",
+    p = _add_method_parser(
+        sub, "train", help="train a method or baseline on a feature store",
         description=_wrap("Train METHOD on STORE's train split with the shared loop: Adam, val mAP "
         "every epoch, RUN/checkpoints/{last,best}.pt, RUN/metrics.jsonl, then test evaluation "
         "of best.pt into RUN/eval.json and RUN/predictions.jsonl. Re-running the same "
-        "command resumes an interrupted run and does nothing for a finished one."),
-        epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "command resumes an interrupted run and does nothing for a finished one."))
     p.add_argument("method", nargs="?", metavar="METHOD",
                    help=f"one of: {methods} (or 'method' in --config)")
     p.add_argument("--out", help="run directory to create (or resume)")
@@ -199,10 +254,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best",
                    help="checkpoint to evaluate (default best)")
     p.add_argument("--split", help="store split to evaluate (default: the run's eval_split)")
-    p.add_argument("--online-budget", type=int, nargs="+", metavar="K",
-                   help="online evaluation with these fine-feature budgets K")
-    p.add_argument("--budget", type=float, nargs="+", metavar="B",
-                   help="per-video GFLOPs budgets, applied one after the other")
+    p.add_argument(ONLINE.flag, type=int, nargs="+", metavar="K", help=ONLINE.help)
+    p.add_argument(BUDGET.flag, type=float, nargs="+", metavar="B",
+                   help=BUDGET.help + ", applied one after the other")
     p.add_argument("--videos-per-budget", type=int, metavar="N",
                    help="videos streamed under each budget (default: the split's size)")
     p.set_defaults(handler=cmd_eval)
@@ -218,12 +272,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default RUN/report)")
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser(
-        "sweep", help="train one run per value of a knob and draw the accuracy/cost curve",
+    p = _add_method_parser(
+        sub, "sweep", help="train one run per value of a knob and draw the accuracy/cost curve",
         description=_wrap("Train METHOD once per value of --knob into OUT/KEY=VALUE/ (finished "
         "runs are skipped, interrupted ones resume), then write OUT/sweep.csv and "
-        "OUT/curve.png (mAP vs GFLOPs/video)."),
-        epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "OUT/curve.png (mAP vs GFLOPs/video)."))
     p.add_argument("method", metavar="METHOD", help=f"one of: {methods}")
     p.add_argument("--out", required=True, help="sweep directory")
     p.add_argument("--knob", required=True, metavar="KEY=V1,V2,...",

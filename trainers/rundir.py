@@ -1,0 +1,106 @@
+"""Names of every file of a training run (and of a sweep), as featstore/schema.py names a store's.
+
+Kept in one module so the loop that writes a run, `c2f eval | report | sweep` and the reports
+that read it cannot drift apart. docs/trainers.md describes what each file holds.
+
+    RUN/config.json            resolved config (a re-run must match it)
+    RUN/metrics.jsonl          one record per training step and per epoch
+    RUN/checkpoints/last.pt    model + optimizer + RNG + progress, written every epoch
+    RUN/checkpoints/best.pt    model of the epoch with the best validation mAP
+    RUN/eval.json              test summary (the run is finished once this exists)
+    RUN/predictions.jsonl      one test video per line
+    RUN/evals/SPLIT-WHICH.json `c2f eval` of checkpoint WHICH on SPLIT
+    RUN/online.json            `c2f eval --online-budget` rows
+    RUN/budget.json            `c2f eval --budget` stream
+    RUN/report/                figures and summary.md (trainers/report.py)
+    SWEEP/KEY=VALUE/           one run per value; SWEEP/sweep.csv, SWEEP/curve.png
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_SUFFIX = ".pt"
+LAST = "last"
+BEST = "best"
+EVAL = "eval.json"
+PREDICTIONS = "predictions.jsonl"
+EVALS = "evals"
+ONLINE = "online.json"
+BUDGET = "budget.json"
+REPORT = "report"
+
+# Files of RUN/report/.
+ACCURACY_FIGURE = "accuracy_vs_gflops.png"
+ONLINE_FIGURE = "online_curve.png"
+USAGE_FIGURE = "fine_usage_per_class.png"
+STRIPS_FIGURE = "decision_strips.png"
+BUDGET_FIGURE = "budget.png"
+SUMMARY = "summary.md"
+
+# Files of a sweep directory.
+SWEEP_TABLE = "sweep.csv"
+SWEEP_FIGURE = "curve.png"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of the files of the run rooted at `root`."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    def checkpoint(self, which: str) -> Path:
+        """RUN/checkpoints/WHICH.pt (WHICH: "last" or "best")."""
+        if which not in (LAST, BEST):
+            raise ValueError(f"checkpoint must be {LAST!r} or {BEST!r}, got {which!r}")
+        return self.checkpoints / f"{which}{CHECKPOINT_SUFFIX}"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / EVAL
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS
+
+    def split_eval(self, split: str, which: str) -> Path:
+        """RUN/evals/SPLIT-WHICH.json, written by `c2f eval RUN --split SPLIT --which WHICH`."""
+        return self.root / EVALS / f"{split}-{which}.json"
+
+    def output(self, name: str) -> Path:
+        """RUN/NAME for a file named by this module (e.g. ONLINE, BUDGET)."""
+        return self.root / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    def finished(self) -> bool:
+        """A run is finished once its eval.json exists (written last, atomically)."""
+        return self.eval.exists()
+
+
+def sweep_point(sweep: str | os.PathLike[str], key: str, value: str) -> Path:
+    """SWEEP/KEY=VALUE: the run directory of one sweep point (unsafe characters -> '_')."""
+    return Path(sweep) / re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{key}={value}")

@@ -188,10 +188,11 @@ def load_run(run: str | os.PathLike, which: str = BEST) -> tuple[RunConfig, torc
         raise FileNotFoundError(f"{files.root} is not a trained run (no {files.config.name} or "
                                 f"{path.relative_to(files.root)})")
     cfg = config_from_dict(json.loads(files.config.read_text()))
+    weights = load_checkpoint(path, map_location=cfg.device)["model"]  # refuse bad ones first
     store = open_store(cfg.store)
     info = store_info(store)
     model = method_spec(cfg.method).build(cfg.method_config, info).to(cfg.device)
-    model.load_state_dict(load_checkpoint(path, map_location=cfg.device)["model"])
+    model.load_state_dict(weights)
     model.eval()
     return cfg, model, store, info
 

@@ -19,6 +19,9 @@ Cost accounting (GMACs, as the backbones are measured): the coarse backbone and 
 and gate run on every frame; the fine backbone and the fine RNN run on frames where the gate
 fired; the classifier runs once per emitted prediction. The RNN, gate and classifier costs are
 counted with `trainers.cost.module_gmacs`, so they are measured, not typed.
+
+Online recognition under a budget of K fine features (Fig. 2) is the LiteEval specs' extra
+evaluation, `c2f eval RUN --online-budget K...` (trainers/online.py).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import StoreWriter, ViewSpec, build_catalog
+from featstore.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +234,7 @@ def make_synthetic_store(
         raise
     writer.close()
     build_catalog(store_dir)
-    tmp = store_dir / (TRUTH_FILE + ".tmp")
-    tmp.write_text(json.dumps({"params": params, "videos": truth}))
-    tmp.replace(store_dir / TRUTH_FILE)
+    write_text(store_dir / TRUTH_FILE, json.dumps({"params": params, "videos": truth}))
     log.info("synthetic store: %d videos, %d classes at %s", videos, classes, store_dir)
     return store_dir
 

@@ -26,9 +26,9 @@ run and the answer is O_C2F. A video's cost is the sum of the pathways it ran (e
 backbone on every frame + the head per frame) + the fusion when it reached the end.
 
 The error rates are MEASURED on the training set after training (`measure_training_errors`,
-the post-training hook of the C2F spec in trainers/methods.py;
-stored in the `train_errors` buffer, hence in the checkpoint); they are Laplace-smoothed,
-(wrong + 1) / (n + 2), so that an ensemble with no training error still gives a finite ratio.
+the C2F spec's post-training hook in trainers/methods.py) and stored in the `train_errors`
+buffer, hence in the checkpoint; they are Laplace-smoothed, (wrong + 1) / (n + 2), so that an
+ensemble with no training error still gives a finite ratio.
 
 `budget_run` (the spec's `c2f eval --budget` evaluation) streams videos through the cascade
 with the eq. 6 controller (trainers.budget).

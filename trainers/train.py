@@ -65,8 +65,8 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
         return make_loader(store, views, split, cfg.batch_size, shuffle,
                            cfg.seed if shuffle else 0, stages, cfg.cache)
 
-    train_loader, val_loader, test_loader = loader("train", True), loader(cfg.val_split), \
-        loader(cfg.eval_split)
+    train_loader = loader("train", shuffle=True)
+    val_loader, test_loader = loader(cfg.val_split), loader(cfg.eval_split)
     if len(val_loader) == 0:
         log.warning("no %r videos: best.pt follows the training split", cfg.val_split)
         val_loader = loader("train")

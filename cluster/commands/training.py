@@ -12,7 +12,7 @@ import logging
 import sys
 import textwrap
 
-from trainers.methods import BUDGET, METHODS, ONLINE, MethodSpec, method_spec
+from trainers.methods import BUDGET, METHODS, ONLINE, Evaluation, MethodSpec, method_spec
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_evaluation(spec: MethodSpec, flag: str) -> ValueError:
-    offered = [e.flag for e in spec.evaluations]
-    return ValueError(f"method {spec.name!r} has no {flag} evaluation ({flag} is offered by "
-                      f"{sorted(n for n, s in METHODS.items() if s.evaluations)}; "
-                      f"{spec.name} offers {offered or 'none'})")
+def _no_evaluation(spec: MethodSpec, evaluation: Evaluation) -> ValueError:
+    offering = sorted(n for n, s in METHODS.items() if s.evaluation(evaluation.name))
+    return ValueError(f"method {spec.name!r} has no {evaluation.name} evaluation "
+                      f"({evaluation.flag} works with runs of {', '.join(offering)})")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -113,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              model.needs_stages)
         for evaluation, values in ((ONLINE, args.online_budget), (BUDGET, args.budget)):
             if values and spec.evaluation(evaluation.name) is None:
-                raise _no_evaluation(spec, "online" if evaluation is ONLINE else "budget")
+                raise _no_evaluation(spec, evaluation)
         if args.online_budget:
             rows = load_ref(ONLINE.function)(model, loader, sorted(args.online_budget))
             write_text(run.output(ONLINE.output), json.dumps(rows, indent=2) + "\n")

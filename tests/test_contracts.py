@@ -193,14 +193,19 @@ def test_finished_files_are_written_only_through_featstore_atomic():
 
 
 def test_bad_paths_give_one_message_naming_them_and_exit_2(tmp_path, capsys):
-    missing = tmp_path / "nonexistent"
-    for argv in (["train", "uniform", "--store", str(missing), "--out", str(tmp_path / "r")],
-                 ["eval", str(missing)], ["report", str(missing)],
-                 ["sweep", "uniform", "--store", str(missing), "--out", str(tmp_path / "s"),
-                  "--knob", "frames=1,2"]):
+    missing, a_file = tmp_path / "nonexistent", tmp_path / "a_file"
+    a_file.write_text("not a run")
+    for bad, argv in (
+        (missing, ["train", "uniform", "--store", str(missing), "--out", str(tmp_path / "r")]),
+        (missing, ["eval", str(missing)]), (missing, ["report", str(missing)]),
+        (a_file, ["eval", str(a_file)]), (a_file, ["report", str(a_file)]),
+        (missing, ["sweep", "uniform", "--store", str(missing), "--out", str(tmp_path / "s"),
+                   "--knob", "frames=1,2"]),
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
+        assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
+        assert err.count("\n") == 1
     # a run directory whose checkpoint has the old, pickled format (refused before the store
     # is opened)
     cfg = resolve_config("uniform", store=str(tmp_path / "store"), out=str(tmp_path / "old"))

@@ -60,8 +60,10 @@ class RunResult:
 def load_result(run: str | os.PathLike) -> RunResult:
     """Read a finished run (FileNotFoundError naming what is missing)."""
     files = rundir.RunDir(run)
-    if not files.root.is_dir():
+    if not files.root.exists():
         raise FileNotFoundError(f"run directory {files.root} does not exist")
+    if not files.root.is_dir():
+        raise NotADirectoryError(f"{files.root} is a file, not a run directory")
     missing = [p.name for p in (files.config, files.eval, files.predictions) if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{files.root} is not a finished run: missing "

@@ -182,8 +182,7 @@ def load_run(run: str | os.PathLike, which: str = BEST) -> tuple[RunConfig, torc
     """
     files = RunDir(run)
     path = files.checkpoint(which)
-    if not files.root.is_dir():
-        raise FileNotFoundError(f"run directory {files.root} does not exist")
+    _require_dir(files.root)
     if not files.config.exists() or not path.exists():
         raise FileNotFoundError(f"{files.root} is not a trained run (no {files.config.name} or "
                                 f"{path.relative_to(files.root)})")
@@ -199,6 +198,8 @@ def load_run(run: str | os.PathLike, which: str = BEST) -> tuple[RunConfig, torc
 
 def _check_run_dir(run: RunDir, resolved: dict) -> bool:
     """Create RUN or check it holds the same config; True when that run already finished."""
+    if run.root.exists():
+        _require_dir(run.root)
     path = run.config
     if path.exists():
         old = json.loads(path.read_text())
@@ -215,6 +216,14 @@ def _check_run_dir(run: RunDir, resolved: dict) -> bool:
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(resolved, indent=2) + "\n")
     return False
+
+
+def _require_dir(path: Path) -> None:
+    """FileNotFoundError / NotADirectoryError naming `path` unless it is a run directory."""
+    if not path.exists():
+        raise FileNotFoundError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a run directory")
 
 
 def _trim_metrics(path: Path, start_epoch: int) -> None:

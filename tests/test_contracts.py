@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from backbones.flops import model_cost
 from cluster.cli import main
 from trainers import rundir
 from trainers.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainers.config import resolve_config
 from trainers.config_help import config_keys
+from trainers.cost import module_gmacs
 from trainers.evaluation import evaluating
 from trainers.method import Batch
 from trainers.methods import EVALUATIONS, METHODS, load_ref
@@ -216,3 +218,12 @@ def test_bad_paths_give_one_message_naming_them_and_exit_2(tmp_path, capsys):
     assert main(["eval", str(run.root)]) == 2
     err = capsys.readouterr().err
     assert str(run.checkpoint(rundir.BEST)) in err and "train again" in err
+
+
+def test_backbones_and_trainers_count_an_lstm_with_the_same_counter():
+    lstm = torch.nn.LSTM(8, 4, batch_first=True)
+    expected = 4 * 4 * (8 + 4) * 1e-9  # 4 gates x hidden x (input + hidden) multiply-adds
+    backbone_count, params = model_cost(lstm, (1, 1, 8))
+    assert backbone_count == pytest.approx(expected) == module_gmacs(lstm, torch.zeros(1, 1, 8))
+    assert params == sum(p.numel() for p in lstm.parameters())
+    assert torch.backends.mkldnn.enabled  # the fused kernels are back on after counting

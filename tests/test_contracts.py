@@ -61,6 +61,16 @@ def test_method_help_lists_every_config_key_with_type_default_and_help(name, cap
         assert f"  {preset[0]} (" in out and f"default {preset[1]!r})" in out
 
 
+def test_train_help_and_the_docs_name_every_method(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    docs = (ROOT / "docs" / "trainers.md").read_text()
+    for name, spec in METHODS.items():
+        assert f"  {name}" in out and spec.summary in out
+        assert f"`{name}`" in docs, f"docs/trainers.md does not describe {name}"
+
+
 def test_help_of_the_training_commands_does_not_import_torch():
     code = ("import sys; from cluster.commands import training as t; "
             "[t.method_help(m) for m in t.METHODS]; "

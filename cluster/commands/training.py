@@ -214,9 +214,15 @@ class MethodHelp(argparse.Action):
         parser.exit()
 
 
+def _methods_listing() -> str:
+    """One line per method, from its spec."""
+    width = max(len(n) for n in METHODS)
+    return "methods:\n" + "\n".join(f"  {n:<{width}}  {s.summary}" for n, s in METHODS.items())
+
+
 def _add_method_parser(sub: argparse._SubParsersAction, name: str, **kwargs: object
                        ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, add_help=False, epilog=CONFIG_HELP,
+    p = sub.add_parser(name, add_help=False, epilog=_methods_listing() + "\n\n" + CONFIG_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     p.add_argument("-h", "--help", action=MethodHelp,
                    help="show this help (after METHOD: also METHOD's config keys) and exit")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def test_every_spec_resolves_to_what_the_loop_calls(name):
     for evaluation in spec.evaluations:
         assert EVALUATIONS[evaluation.name] is evaluation
         assert callable(load_ref(evaluation.function))
+    assert pickle.loads(pickle.dumps(spec)) == spec  # plain data: it can travel to Ray workers
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from trainers import rundir
@@ -79,9 +78,6 @@ class MethodSpec:
     after_training: str | None = None
     evaluations: tuple[Evaluation, ...] = ()
     presets: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "presets", MappingProxyType(dict(self.presets)))
 
     def config_type(self) -> type:
         """The method's Config dataclass."""

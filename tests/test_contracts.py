@@ -127,6 +127,10 @@ def test_checkpoints_round_trip_with_weights_only_and_refuse_the_old_format(tmp_
     torch.save({"model": {}}, unversioned)
     with pytest.raises(CheckpointError, match="unversioned.pt has format None"):
         load_checkpoint(unversioned)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="torn.pt"):
+        load_checkpoint(torn)
 
 
 def _project_modules() -> dict[str, Path]:

@@ -96,14 +96,19 @@ def iter_shard(url: str | os.PathLike, decode_frames: bool = True) -> Iterator[S
     yield from _samples([str(url)], decode_frames)
 
 
+def list_shards(shards_dir: str | os.PathLike) -> list[str]:
+    """The `shard-*.tar` files of a shard folder (local or a URL) in name order; [] if none."""
+    return [storage.join(shards_dir, name) for name in storage.list_names(shards_dir)
+            if fnmatch(name, SHARD_GLOB)]
+
+
 def shard_paths(paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """A shard directory (local or URL) -> its `shard-*.tar` files in name order; a path, URL
     or `pipe:` command, or a list of them -> as given."""
     if isinstance(paths_or_dir, (str, os.PathLike)):
         text = str(paths_or_dir)
         if not text.startswith("pipe:") and storage.is_dir(text):
-            found = [storage.join(text, name) for name in storage.list_names(text)
-                     if fnmatch(name, SHARD_GLOB)]
+            found = list_shards(text)
             if not found:
                 log.warning("no %s files in %s", SHARD_GLOB, text)
             return found

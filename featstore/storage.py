@@ -95,20 +95,23 @@ def _s3_filesystem() -> pafs.FileSystem:
     return pafs.S3FileSystem(**options)
 
 
-_filesystems: dict[tuple[int, str], pafs.FileSystem] = {}
+_S3_SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                "AWS_ACCESS_KEY_ID", "AWS_PROFILE")
+_filesystems: dict[tuple, pafs.FileSystem] = {}
 
 
 def resolve(url: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem that holds `url` and the path inside it.
 
-    One filesystem per scheme and process (clients are not shared across forks); s3 is built
-    from the AWS variables, other schemes through pyarrow, then fsspec.
+    One filesystem per scheme, process (clients are not shared across forks) and AWS settings
+    (a changed endpoint or key makes a new client); s3 is built from the AWS variables, other
+    schemes through pyarrow, then fsspec.
     """
     kind = scheme(url)
     if kind is None:
         return pafs.LocalFileSystem(), str(local_path(url).resolve())
     text = str(url)
-    key = (os.getpid(), kind)
+    key = (os.getpid(), kind, *(os.environ.get(name) for name in _S3_SETTINGS))
     fs = _filesystems.get(key)
     if fs is None:
         if kind in ("s3", "s3a"):

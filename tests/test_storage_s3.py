@@ -32,6 +32,7 @@ from featstore.cache import CACHE_DIR_ENV, CACHE_GB_ENV
 from featstore.writer import RESERVED_FILE_ATTRS, RESERVED_VIEW_ATTRS
 from pipeline.manifest import write_manifest
 from pipeline.reader import read_shards
+from pipeline.shard_worker import DecodeWorker
 from pipeline.shards import plan_shards, write_shard
 from pipeline.types import FrameFormat, SamplingPlan
 from trainers.synthetic import make_synthetic_store
@@ -125,7 +126,11 @@ def _objects(s3_server: S3Server, url: str) -> list[str]:
     return sorted(o["Key"] for o in found)
 
 
-def test_shards_on_s3_resume_skips_published_shards(bucket, tmp_path, caplog):
+def _interrupt(*args: object) -> None:
+    raise KeyboardInterrupt("stopped mid-shard")
+
+
+def test_shards_on_s3_resume_skips_published_shards(bucket, tmp_path, caplog, monkeypatch):
     local = [make_video(tmp_path / f"v{i}.mp4", n=20, fps=10.0, size=(64, 48)) for i in range(3)]
     for path in local:
         storage.upload(path, f"{bucket}/videos/{path.name}")
@@ -138,13 +143,18 @@ def test_shards_on_s3_resume_skips_published_shards(bucket, tmp_path, caplog):
     })
     write_manifest(manifest, f"{bucket}/manifest.parquet")
     out = f"{bucket}/shards"
-    # An interrupted run: only the first of two shards was published.
+    # An interrupted run: the first shard is published, the second is stopped mid-write.
     plans = plan_shards(manifest, out, sampling=SamplingPlan(fps=2.0),
                         fmt=FrameFormat(short_side=48, jpeg_quality=85), backend="pyav",
                         videos_per_shard=2)
     write_shard(plans[0])
+    with monkeypatch.context() as m:
+        m.setattr(DecodeWorker, "run", _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            write_shard(plans[1])
     assert storage.list_names(out) == ["settings.json", "shard-000000.meta.json",
                                        "shard-000000.tar"]
+    assert not list((tmp_path / "staging").iterdir())
 
     caplog.set_level(logging.INFO)
     assert main(["shards", "--manifest", f"{bucket}/manifest.parquet", "--out", out,

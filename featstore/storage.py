@@ -299,24 +299,6 @@ def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_text(url: str | os.PathLike[str], text: str) -> None:
-    write_bytes(url, text.encode("utf-8"))
-
-
-def remove(url: str | os.PathLike[str]) -> None:
-    """Delete a file if it exists."""
-    if not is_remote(url):
-        local_path(url).unlink(missing_ok=True)
-        return
-    fs, path = resolve(url)
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise _wrap(url, "cannot delete", e) from e
-
-
 def read_parquet(url: str | os.PathLike[str], **kwargs) -> pa.Table:
     """pq.read_table from a local path or a URL."""
     if not is_remote(url):

@@ -177,7 +177,7 @@ def write_manifest(table: pa.Table, path: str | Path) -> str | Path:
     half a manifest. `path` may be a local path or an object-storage URL."""
     table = _conform(table, str(path))
     storage.write_parquet(table, path)
-    return path
+    return str(path) if storage.is_remote(path) else Path(path)
 
 
 def read_manifest(path: str | Path) -> pa.Table:

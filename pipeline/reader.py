@@ -102,12 +102,23 @@ def list_shards(shards_dir: str | os.PathLike) -> list[str]:
             if fnmatch(name, SHARD_GLOB)]
 
 
+def _is_folder(url: str) -> bool:
+    """A shard folder to list; False for `pipe:` commands and URLs no filesystem here knows
+    (http, …), which webdataset opens itself."""
+    if url.startswith("pipe:"):
+        return False
+    try:
+        return storage.is_dir(url)
+    except storage.StorageError:
+        return False
+
+
 def shard_paths(paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """A shard directory (local or URL) -> its `shard-*.tar` files in name order; a path, URL
     or `pipe:` command, or a list of them -> as given."""
     if isinstance(paths_or_dir, (str, os.PathLike)):
         text = str(paths_or_dir)
-        if not text.startswith("pipe:") and storage.is_dir(text):
+        if _is_folder(text):
             found = list_shards(text)
             if not found:
                 log.warning("no %s files in %s", SHARD_GLOB, text)

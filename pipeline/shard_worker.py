@@ -40,6 +40,8 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 # Starting the child (interpreter + decoder imports) is not charged to the per-video timeout;
 # it gets this long on its own, which only a broken installation or a frozen machine exceeds.
 STARTUP_TIMEOUT_S = 120.0
+# Video URLs handed to the decoder as they are (FFmpeg reads them); other schemes are staged.
+STREAMED_SCHEMES = ("http", "https", "rtsp", "rtmp")
 
 
 class WorkerStartError(RuntimeError):
@@ -67,8 +69,9 @@ def _staged_prefix(pid: int) -> str:
 def local_video(path: str) -> Iterator[str]:
     """A local file for `path`: the path itself, or for an object-storage URL a copy staged in
     the staging folder (C2F_STAGING_DIR) for the time of one decode, so at most one video per
-    decoding child is ever on local disk (decoders, DALI included, want a file)."""
-    if not storage.is_remote(path):
+    decoding child is ever on local disk (decoders, DALI included, want a file). URLs FFmpeg
+    streams itself (http, rtsp, …) are passed through."""
+    if storage.scheme(path) in (None, *STREAMED_SCHEMES):
         yield path
         return
     suffix = "-" + path.rsplit("/", 1)[-1][-80:]

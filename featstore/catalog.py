@@ -14,9 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from featstore import schema as S
+from featstore import storage
 from featstore.schema import StoreError
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,22 @@ CATALOG_SCHEMA = pa.schema(
 
 
 def list_parts(store_dir: str | os.PathLike) -> list[str]:
-    """Names of the finished parts (temp files of unfinished writers are ignored), sorted."""
-    parts_dir = Path(store_dir) / S.PARTS_DIR
-    if not parts_dir.is_dir():
-        return []
-    return sorted(p.name[: -len(S.PART_SUFFIX)] for p in parts_dir.iterdir()
-                  if p.name.endswith(S.PART_SUFFIX) and not p.name.startswith("."))
+    """Names of the finished parts (temp files of unfinished writers are ignored), sorted.
+    `store_dir` may be a local folder or a URL (`s3://…`)."""
+    names = storage.list_names(storage.join(store_dir, S.PARTS_DIR))
+    return sorted(n[: -len(S.PART_SUFFIX)] for n in names
+                  if n.endswith(S.PART_SUFFIX) and not n.startswith("."))
 
 
 def open_part(path: str | os.PathLike) -> h5py.File:
     """Open a finished part read-only with HDF5 file locking off.
 
     Parts are write-once (renamed into place when complete, never modified), so readers need
-    neither locks nor SWMR; locking off lets any number of processes read, also on NFS.
+    neither locks nor SWMR; locking off lets any number of processes read, also on NFS. A URL
+    opens with ranged reads (fine for the index; trainers stage parts, featstore/cache.py).
     """
+    if storage.is_remote(path):
+        return h5py.File(storage.open_input(path), "r", locking=False)
     return h5py.File(path, "r", locking=False)
 
 
@@ -78,11 +80,11 @@ def build_catalog(store_dir: str | os.PathLike) -> pa.Table:
     Raises StoreError naming the part when a part cannot be read or a video id appears in two
     parts: a catalog is only written for a consistent store.
     """
-    store = Path(store_dir)
+    store = str(store_dir)
     columns: dict[str, list] = {name: [] for name in CATALOG_SCHEMA.names}
     seen: dict[str, str] = {}
     for part in list_parts(store):
-        path = store / S.PARTS_DIR / (part + S.PART_SUFFIX)
+        path = storage.join(store, S.PARTS_DIR, part + S.PART_SUFFIX)
         try:
             with open_part(path) as f:
                 index = read_part_index(f)
@@ -97,14 +99,8 @@ def build_catalog(store_dir: str | os.PathLike) -> pa.Table:
             columns[name].extend(list(index[name]))
         columns["part"].extend([part] * n)
     table = pa.table(columns, schema=CATALOG_SCHEMA)
-    store.mkdir(parents=True, exist_ok=True)
-    final = store / S.CATALOG
-    tmp = store / f".{S.CATALOG}.tmp-{os.getpid()}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    final = storage.join(store, S.CATALOG)
+    storage.write_parquet(table, final)
     log.info("catalog %s: %d videos in %d parts", final, table.num_rows,
              len(set(columns["part"])))
     return table

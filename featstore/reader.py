@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featstore import schema as S
+from featstore import storage
+from featstore.cache import PartCache
 from featstore.catalog import build_catalog, list_parts, open_part
 from featstore.schema import StoreError
 
@@ -29,16 +31,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def open_store(store_dir: str | os.PathLike) -> Store:
-    """Open a store for reading. Only the catalog is read now; parts open on first read."""
+def open_store(
+    store_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    cache_bytes: int | None = None,
+) -> Store:
+    """Open a store for reading. Only the catalog is read now; parts open on first read.
+
+    A store in object storage (`s3://…`) is read through a bounded local cache of parts
+    (featstore/cache.py: `cache_dir`, `cache_bytes`, or C2F_STORE_CACHE / C2F_STORE_CACHE_GB).
+    """
+    if storage.is_remote(store_dir):
+        cache = PartCache.for_store(str(store_dir), cache_dir, cache_bytes)
+        return Store(cache.fetch_catalog(), part_cache=cache)
     return Store(store_dir)
 
 
 class Store:
     """Read-only view of a store directory (STORE/parts/*.h5 + STORE/catalog.parquet)."""
 
-    def __init__(self, store_dir: str | os.PathLike) -> None:
+    def __init__(self, store_dir: str | os.PathLike, part_cache: PartCache | None = None) -> None:
         self.path = Path(store_dir)
+        self.part_cache = part_cache  # parts staged from object storage (open_store)
         if not self.path.is_dir():
             raise StoreError(f"no feature store at {self.path}")
         self.catalog = self._load_catalog()
@@ -80,7 +94,7 @@ class Store:
         if f is None:
             path = self.path / S.PARTS_DIR / (part + S.PART_SUFFIX)
             try:
-                f = open_part(path)
+                f = open_part(path) if self.part_cache is None else self.part_cache.open(part)
             except (OSError, ValueError) as e:
                 raise StoreError(f"part {part}: cannot open {path}: {e}") from e
             if not bool(f.attrs.get("complete", False)):
@@ -260,7 +274,9 @@ class Store:
         return sorted(set(self.catalog.column("part").to_pylist()))
 
     def size_bytes(self) -> int:
-        """Bytes on disk of parts and catalog."""
+        """Bytes on disk of parts and catalog (in object storage for a remote store)."""
+        if self.part_cache is not None:
+            return self.part_cache.remote_bytes()
         files = [self.path / S.CATALOG] + [self.path / S.PARTS_DIR / (p + S.PART_SUFFIX)
                                            for p in list_parts(self.path)]
         return sum(f.stat().st_size for f in files if f.exists())

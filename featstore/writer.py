@@ -5,7 +5,9 @@ datasets: a per-video read is then one hyperslab of consecutive bytes, measured 
 64-row chunks (benchmarks/README.md). A part is one shard, so the buffer is one shard's
 features (e.g. 64 videos x 170 frames x (1280 + 2048) x 2 B = 72 MB). The file is written under
 a temporary name in `parts/` and renamed only when `close()` has written the data, the index and
-the `complete` flag: a part under its final name is whole.
+the `complete` flag: a part under its final name is whole. For a store in object storage
+(`s3://…`) the temporary file is local (featstore.storage staging folder) and uploaded at
+`close()`; the object appears only when the upload completes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from featstore import atomic, storage
 from featstore import schema as S
 from featstore.schema import StoreError, ViewSpec
 
@@ -35,10 +39,13 @@ RESERVED_FILE_ATTRS = {"schema", "schema_version", "part", "complete", "created_
 RESERVED_VIEW_ATTRS = {"dim", "backbone", "input_size", "stages", "logits_dim"}
 
 
-def part_path(store_dir: str | os.PathLike, part: str) -> Path:
-    """Final path of a part; parts are named after their shard, e.g. `shard-000000`."""
+def part_path(store_dir: str | os.PathLike, part: str) -> Path | str:
+    """Final path of a part (a URL for a store in object storage); parts are named after their
+    shard, e.g. `shard-000000`."""
     if not part or "/" in part or part.startswith(".") or part != part.strip():
         raise ValueError(f"bad part name {part!r}: use a plain file stem like 'shard-000000'")
+    if storage.is_remote(store_dir):
+        return storage.join(store_dir, S.PARTS_DIR, part + S.PART_SUFFIX)
     return Path(store_dir) / S.PARTS_DIR / (part + S.PART_SUFFIX)
 
 
@@ -65,7 +72,8 @@ class StoreWriter:
             raise ValueError("a part needs at least one view")
         self.part = part
         self.path = part_path(store_dir, part)
-        if self.path.exists():
+        self.remote = storage.is_remote(store_dir)
+        if storage.exists(self.path):
             raise StoreError(f"part {part} already exists at {self.path}; finished parts are "
                              "never rewritten (delete it to redo it)")
         self.views = dict(views)
@@ -86,8 +94,15 @@ class StoreWriter:
         self._labels: list[str] = []
         self._splits: list[str] = []
         self._rows = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        if self.remote:
+            storage.check_access(store_dir)
+            fd, tmp = tempfile.mkstemp(dir=storage.staging_dir(), prefix=f".{part}.tmp-",
+                                       suffix=S.PART_SUFFIX)
+            os.close(fd)
+            self.tmp_path = Path(tmp)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp_path = atomic.temp_name(self.path)
         self._f = h5py.File(self.tmp_path, "w")
         try:
             self._create(attrs)
@@ -218,10 +233,11 @@ class StoreWriter:
             f.attrs["complete"] = True
             f.close()
             self._f = None
-            with open(self.tmp_path, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp_path, self.path)
-            _fsync_dir(self.path.parent)
+            if self.remote:
+                storage.upload(self.tmp_path, self.path)
+                self.tmp_path.unlink()
+            else:
+                atomic.publish(self.tmp_path, self.path)
         except BaseException:
             self.abort()
             raise
@@ -258,10 +274,3 @@ def _check(video_id: str, what: str, arr: np.ndarray, t: int, dim: int) -> np.nd
                          "range ±65504)")
     return out
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -29,11 +29,19 @@ import numpy as np
 import torch
 
 from backbones import CLIP_BACKBONES, build_backbone
-from featstore import StoreError, StoreWriter, ViewSpec, build_catalog, list_parts, part_path
+from featstore import (
+    StoreError,
+    StoreWriter,
+    ViewSpec,
+    build_catalog,
+    list_parts,
+    part_path,
+    storage,
+)
 from featstore.catalog import open_part
 from pipeline.jpeg_dali import dali_jpeg_decoder, resolve_jpeg_decoder
 from pipeline.preprocess import preprocess_frames, preprocess_tensors, view_preprocess
-from pipeline.reader import SHARD_GLOB, ShardSample, iter_shard
+from pipeline.reader import SHARD_GLOB, ShardSample, iter_shard, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +158,7 @@ def plan_extraction(
     options: ExtractOptions = ExtractOptions(),
 ) -> list[ExtractPlan]:
     """One plan per `shard-*.tar` in `shards_dir`, in name order; part name = shard stem."""
-    shards = sorted(Path(shards_dir).glob(SHARD_GLOB))
+    shards = list_shards(shards_dir)  # a local folder or a URL (s3://…)
     if not shards:
         raise FileNotFoundError(f"no {SHARD_GLOB} in {shards_dir}")
     return make_extract_plans(shards, store_dir, views, options)
@@ -204,13 +212,14 @@ def make_extract_plans(
                 RANDOM_INIT_SEED,
             )
     version = code_version()
-    paths = [Path(s).resolve() for s in shards]
+    storage.check_access(store_dir)  # a missing bucket or refused credentials: fail now
+    paths = [storage.absolute(s) for s in shards]
     return [
         ExtractPlan(
             index=i,
-            shard=str(s),
-            store_dir=str(Path(store_dir).resolve()),
-            part=s.name.split(".")[0],
+            shard=s,
+            store_dir=storage.absolute(store_dir),
+            part=s.rsplit("/", 1)[-1].split(".")[0],
             views=tuple(parsed),
             batch_size=batch_size,
             dtype=dtype,
@@ -426,7 +435,7 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
     """Extract every view of one shard into part `plan.part`, or skip it if already there."""
     started = time.perf_counter()
     final = part_path(plan.store_dir, plan.part)
-    if final.exists():
+    if storage.exists(final):
         try:
             with open_part(final) as f:
                 videos, frames = int(f.attrs["num_videos"]), int(f.attrs["num_frames"])

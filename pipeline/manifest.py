@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from featstore import storage
 
 log = logging.getLogger(__name__)
 
@@ -171,29 +172,34 @@ def rows_to_table(rows: Iterable[ManifestRow]) -> pa.Table:
     )
 
 
-def write_manifest(table: pa.Table, path: str | Path) -> Path:
-    """Write atomically (temp name, then rename) so a reader never sees half a manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_manifest(table: pa.Table, path: str | Path) -> str | Path:
+    """Write atomically (temp name, then rename; one upload for a URL) so a reader never sees
+    half a manifest. `path` may be a local path or an object-storage URL."""
     table = _conform(table, str(path))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    storage.write_parquet(table, path)
+    return str(path) if storage.is_remote(path) else Path(path)
 
 
 def read_manifest(path: str | Path) -> pa.Table:
-    """Load and check a manifest; raise ManifestError naming the problem before any work."""
-    path = Path(path)
-    if not path.is_file():
+    """Load and check a manifest (a local path or a URL); raise ManifestError naming the
+    problem before any work. Relative video paths are taken relative to the manifest."""
+    try:
+        found = storage.exists(path) and not storage.is_dir(path)
+    except storage.StorageError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+    if not found:
         raise ManifestError(f"{path}: manifest file does not exist")
     try:
-        table = pq.read_table(path)
+        table = storage.read_parquet(path)
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"{path}: not a readable Parquet manifest ({exc})") from exc
     table = _conform(table, str(path))
-    base = path.resolve().parent
-    paths = [p if os.path.isabs(p) else str(base / p) for p in table.column("path").to_pylist()]
+    if storage.is_remote(path):
+        base = str(path).rsplit("/", 1)[0]
+    else:
+        base = str(Path(path).resolve().parent)
+    paths = [p if os.path.isabs(p) or storage.is_remote(p) else storage.join(base, p)
+             for p in table.column("path").to_pylist()]
     table = table.set_column(1, SCHEMA.field("path"), pa.array(paths, pa.string()))
     counts = Counter(table.column("video_id").to_pylist())
     dups = [vid for vid, n in counts.items() if n > 1]
@@ -234,6 +240,8 @@ def read_class_list(path: str | Path) -> list[str]:
 
 
 def _resolve(path: str, root: Path) -> str:
+    if storage.is_remote(path):
+        return path
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
 

@@ -20,11 +20,15 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from featstore import storage
 from pipeline.types import DecodeError, FrameFormat, SamplingPlan
 
 if TYPE_CHECKING:
@@ -36,6 +40,8 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 # Starting the child (interpreter + decoder imports) is not charged to the per-video timeout;
 # it gets this long on its own, which only a broken installation or a frozen machine exceeds.
 STARTUP_TIMEOUT_S = 120.0
+# Video URLs handed to the decoder as they are (FFmpeg reads them); other schemes are staged.
+STREAMED_SCHEMES = ("http", "https", "rtsp", "rtmp")
 
 
 class WorkerStartError(RuntimeError):
@@ -55,6 +61,40 @@ class EncodedVideo:
     height: int = 0
 
 
+def _staged_prefix(pid: int) -> str:
+    return f".c2f-video-{pid}-"
+
+
+@contextmanager
+def local_video(path: str) -> Iterator[str]:
+    """A local file for `path`: the path itself, or for an object-storage URL a copy staged in
+    the staging folder (C2F_STAGING_DIR) for the time of one decode, so at most one video per
+    decoding child is ever on local disk (decoders, DALI included, want a file). URLs FFmpeg
+    streams itself (http, rtsp, …) are passed through."""
+    if storage.scheme(path) in (None, *STREAMED_SCHEMES):
+        yield path
+        return
+    suffix = "-" + path.rsplit("/", 1)[-1][-80:]
+    fd, name = tempfile.mkstemp(dir=storage.staging_dir(), prefix=_staged_prefix(os.getpid()),
+                                suffix=suffix)
+    os.close(fd)
+    try:
+        try:
+            storage.download(path, name)
+        except OSError as exc:
+            raise DecodeError("open", f"cannot fetch {path}: {exc}") from exc
+        yield name
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def remove_staged(pid: int) -> None:
+    """Delete videos a killed child `pid` had staged (it could not clean up itself)."""
+    folder = storage.staging_dir()
+    for leftover in folder.glob(_staged_prefix(pid) + "*"):
+        leftover.unlink(missing_ok=True)
+
+
 def decode_and_encode(
     path: str, sampling: SamplingPlan, fmt: FrameFormat, backend: str
 ) -> EncodedVideo:
@@ -65,7 +105,8 @@ def decode_and_encode(
     from pipeline.decode import decode_video
     from pipeline.imageops import encode_jpeg
 
-    video = decode_video(path, sampling, fmt, backend=backend)
+    with local_video(path) as local:
+        video = decode_video(local, sampling, fmt, backend=backend)
     if not video.frames:
         raise DecodeError("decode", "no frames decoded")
     height, width = video.frames[0].shape[:2]
@@ -174,6 +215,7 @@ class DecodeWorker:
         if self._process is not None:
             self._process.kill()
             self._process.wait()
+            remove_staged(self._process.pid)
         for conn in (self._send, self._recv):
             if conn is not None:
                 conn.close()

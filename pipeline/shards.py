@@ -7,22 +7,24 @@ with; `finalize` gathers the sidecars into DIR/index.parquet and DIR/errors.parq
 
 `write_shard(plan)` is the unit of distributed work: a plain function from a picklable plan to
 a finished file, which Ray (cluster/executor.py), a test or a for-loop may call alike. It
-writes under a temporary name and renames when complete, so a killed run never leaves a
-partial shard under a final name, and a re-run skips what is finished.
+writes under a temporary name and publishes when complete (featstore.storage: rename locally,
+one upload on object storage), so a killed run never leaves a partial shard under a final
+name, and a re-run skips what is finished. DIR may be a local folder or a URL (`s3://…`).
+
+Tars are written with webdataset's TarWriter with fixed member headers (mtime 0, uid/gid 0,
+empty user/group names, mode 0644, members sorted by name), so the same inputs give the same
+bytes on any machine, any day.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
 import math
 import os
 import statistics
-import tarfile
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -32,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from featstore import storage
 from pipeline.decode import BACKENDS
 from pipeline.keys import sample_key
 from pipeline.shard_worker import DecodeWorker, EncodedVideo
@@ -119,8 +121,9 @@ class ShardPlan:
         return shard_name(self.index)
 
     @property
-    def path(self) -> Path:
-        return Path(self.out_dir) / self.name
+    def path(self) -> str:
+        """Final location of the shard: a local path or a URL, like `out_dir`."""
+        return storage.join(self.out_dir, self.name)
 
 
 @dataclass(frozen=True)
@@ -281,11 +284,11 @@ def _settings(
     }
 
 
-def _pin_settings(out_dir: Path, settings: dict) -> str:
+def _pin_settings(out_dir: str, settings: dict) -> str:
     """Write DIR/settings.json, or check that the one there matches; return its digest."""
-    path = out_dir / SETTINGS_FILE
-    if path.exists():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+    path = storage.join(out_dir, SETTINGS_FILE)
+    if storage.exists(path):
+        existing = json.loads(storage.read_text(path))
         keys = set(existing) | set(settings)
         changed = sorted(k for k in keys if existing.get(k) != settings.get(k))
         if changed:
@@ -302,7 +305,7 @@ def _pin_settings(out_dir: Path, settings: dict) -> str:
                 "directory, or delete this one to rebuild it."
             )
     else:
-        _write_atomic(path, _canonical_json(settings) + b"\n")
+        storage.write_bytes(path, _canonical_json(settings) + b"\n")
     return hashlib.sha256(_canonical_json(settings)).hexdigest()
 
 
@@ -333,7 +336,9 @@ def plan_shards(
 
     Deterministic: videos keep the manifest's row order, shard i takes the next run of rows.
     With `target_bytes`, shards are packed by the estimated sample size instead of by count.
-    Raises ShardSettingsError if `out_dir` was made with other settings or another manifest.
+    Raises ShardSettingsError if `out_dir` was made with other settings or another manifest,
+    and StorageError if `out_dir` is on object storage that cannot be used (no bucket, refused
+    credentials) — before any work.
     """
     if videos_per_shard < 1:
         raise ValueError(f"videos_per_shard must be >= 1, got {videos_per_shard}")
@@ -344,14 +349,16 @@ def plan_shards(
     _check_decode_settings(fmt, backend)
     videos = _manifest_rows(manifest)
     groups = _group(videos, sampling, fmt, videos_per_shard, target_bytes)
-    out = Path(out_dir).resolve()  # absolute: Ray workers may run in another directory
-    out.mkdir(parents=True, exist_ok=True)
+    storage.check_access(out_dir)
+    out = storage.absolute(out_dir)  # Ray workers may run in another directory
+    if not storage.is_remote(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
     settings = _settings(videos, groups, sampling, fmt, backend, videos_per_shard, target_bytes)
     digest = _pin_settings(out, settings)
     plans = [
         ShardPlan(
             index=i,
-            out_dir=str(out),
+            out_dir=out,
             videos=tuple(group),
             sampling=sampling,
             fmt=fmt,
@@ -366,30 +373,6 @@ def plan_shards(
 
 
 # --------------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, MEMBER_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain(value: object) -> object:
@@ -455,22 +438,30 @@ def sample_members(
     return sorted(members)
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = MEMBER_MTIME
-    info.mode = MEMBER_MODE
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    tar.addfile(info, io.BytesIO(data))
+def sample_dict(members: list[tuple[str, bytes]]) -> dict[str, bytes | str]:
+    """Members of one sample as a webdataset sample: {"__key__": key, extension: bytes}."""
+    sample: dict[str, bytes | str] = {}
+    for name, data in members:
+        key, _, ext = name.partition(".")
+        sample["__key__"] = key
+        sample[ext] = data
+    return sample
 
 
-def _check_settings(out_dir: Path, plan: ShardPlan) -> None:
-    path = out_dir / SETTINGS_FILE
-    if not path.exists():
+def open_tar_writer(fileobj: object) -> object:
+    """webdataset's TarWriter with the fixed member headers of docs/shards.md. It writes
+    members in sorted extension order, which is our sorted name order (one key per sample)."""
+    from webdataset import TarWriter  # imports torch: keep it out of `c2f --help`
+
+    return TarWriter(fileobj, user="", group="", mode=MEMBER_MODE, mtime=MEMBER_MTIME,
+                     encoder=False)
+
+
+def _check_settings(out_dir: str, plan: ShardPlan) -> None:
+    path = storage.join(out_dir, SETTINGS_FILE)
+    if not storage.exists(path):
         raise ShardSettingsError(f"{path} is missing; plan shards with plan_shards() first")
-    digest = hashlib.sha256(_canonical_json(json.loads(path.read_bytes()))).hexdigest()
+    digest = hashlib.sha256(_canonical_json(json.loads(storage.read_bytes(path)))).hexdigest()
     if digest != plan.settings_sha256:
         raise ShardSettingsError(
             f"{path} no longer matches the settings this plan was made with; "
@@ -478,8 +469,8 @@ def _check_settings(out_dir: Path, plan: ShardPlan) -> None:
         )
 
 
-def _read_sidecar(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+def _read_sidecar(path: str) -> dict:
+    return json.loads(storage.read_text(path))
 
 
 def _skip_result(plan: ShardPlan, sidecar: dict, started: float) -> ShardResult:
@@ -497,7 +488,7 @@ def _skip_result(plan: ShardPlan, sidecar: dict, started: float) -> ShardResult:
     log.info("%s already complete; skipping", plan.path)
     return ShardResult(
         index=plan.index,
-        path=str(plan.path),
+        path=plan.path,
         videos_ok=sidecar["videos_ok"],
         videos_failed=sidecar["videos_failed"],
         frames=sidecar["frames"],
@@ -516,46 +507,40 @@ def write_shard(plan: ShardPlan) -> ShardResult:
     start at all (WorkerStartError).
     """
     started = time.perf_counter()
-    out = Path(plan.out_dir)
+    out = plan.out_dir
     final = plan.path
-    sidecar_path = out / sidecar_name(plan.index)
+    sidecar_path = storage.join(out, sidecar_name(plan.index))
     _check_settings(out, plan)
-    if final.exists() and sidecar_path.exists():
+    if storage.exists(final) and storage.exists(sidecar_path):
         return _skip_result(plan, _read_sidecar(sidecar_path), started)
-    if final.exists():
+    if storage.exists(final):
         log.warning("%s has no sidecar; rewriting it", final)
 
     index_rows: list[dict] = []
     error_rows: list[dict] = []
     frames = 0
-    fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{final.name}.tmp-")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with (
-                tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar,
-                DecodeWorker(plan.timeout_s, probe_gpu=plan.backend != "pyav") as worker,
-            ):
-                for video in plan.videos:
-                    try:
-                        encoded = worker.run(video.path, plan.sampling, plan.fmt, plan.backend)
-                    except DecodeError as exc:
-                        log.warning("%s (%s): %s", video.video_id, video.path, exc)
-                        error_rows.append(_error_row(video, exc))
-                        index_rows.append(_index_row(video, plan, None))
-                        continue
-                    for name, data in sample_members(video, encoded, plan):
-                        _add_member(tar, name, data)
-                    frames += len(encoded.jpegs)
-                    index_rows.append(_index_row(video, plan, encoded))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, MEMBER_MODE)
+    with storage.output_path(final) as tmp:
+        with (
+            open(tmp, "wb") as fh,
+            open_tar_writer(fh) as tar,
+            DecodeWorker(plan.timeout_s, probe_gpu=plan.backend != "pyav") as worker,
+        ):
+            for video in plan.videos:
+                try:
+                    encoded = worker.run(video.path, plan.sampling, plan.fmt, plan.backend)
+                except DecodeError as exc:
+                    log.warning("%s (%s): %s", video.video_id, video.path, exc)
+                    error_rows.append(_error_row(video, exc))
+                    index_rows.append(_index_row(video, plan, None))
+                    continue
+                tar.write(sample_dict(sample_members(video, encoded, plan)))
+                frames += len(encoded.jpegs)
+                index_rows.append(_index_row(video, plan, encoded))
         size = tmp.stat().st_size
         ok = len(plan.videos) - len(error_rows)
         sidecar = {
             "format_version": FORMAT_VERSION,
-            "shard": final.name,
+            "shard": plan.name,
             "settings_sha256": plan.settings_sha256,
             "videos": [v.video_id for v in plan.videos],
             "videos_ok": ok,
@@ -565,18 +550,13 @@ def write_shard(plan: ShardPlan) -> ShardResult:
             "index": index_rows,
             "errors": error_rows,
         }
-        # Sidecar first, tar last: a shard counts as done only when both exist, so a crash
-        # between the two renames just means the shard is written again (to the same bytes).
-        _write_atomic(sidecar_path, _canonical_json(sidecar) + b"\n")
-        os.replace(tmp, final)
-        _fsync_dir(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        # Sidecar first, tar last (when this block ends): a shard counts as done only when
+        # both exist, so a crash between the two just means it is written again (same bytes).
+        storage.write_bytes(sidecar_path, _canonical_json(sidecar) + b"\n")
     seconds = time.perf_counter() - started
     log.info(
         "%s: %d ok, %d failed, %d frames, %d bytes in %.1f s",
-        final.name,
+        plan.name,
         ok,
         len(error_rows),
         frames,
@@ -585,7 +565,7 @@ def write_shard(plan: ShardPlan) -> ShardResult:
     )
     return ShardResult(
         index=plan.index,
-        path=str(final),
+        path=final,
         videos_ok=ok,
         videos_failed=len(error_rows),
         frames=frames,
@@ -619,20 +599,6 @@ def _error_row(video: PlannedVideo, exc: DecodeError) -> dict:
 # --------------------------------------------------------------------------------- finalize
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, MEMBER_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def finalize(out_dir: str | os.PathLike) -> dict:
     """Gather every shard's sidecar into DIR/index.parquet and DIR/errors.parquet.
 
@@ -640,16 +606,17 @@ def finalize(out_dir: str | os.PathLike) -> dict:
     written, so an index never silently lacks videos. Removes temporary files left by killed
     writers. Returns a summary of counts and paths.
     """
-    out = Path(out_dir)
-    settings_path = out / SETTINGS_FILE
-    if not settings_path.exists():
+    out = storage.absolute(out_dir)
+    settings_path = storage.join(out, SETTINGS_FILE)
+    if not storage.exists(settings_path):
         raise FileNotFoundError(f"{settings_path} not found: {out} is not a shard directory")
-    settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    settings = json.loads(storage.read_text(settings_path))
     num_shards = settings["shards"]
+    present = set(storage.list_names(out))
     missing = [
         shard_name(i)
         for i in range(num_shards)
-        if not (out / shard_name(i)).exists() or not (out / sidecar_name(i)).exists()
+        if shard_name(i) not in present or sidecar_name(i) not in present
     ]
     if missing:
         raise IncompleteShardsError(
@@ -662,7 +629,7 @@ def finalize(out_dir: str | os.PathLike) -> dict:
     totals = {"videos_ok": 0, "videos_failed": 0, "frames": 0, "bytes": 0}
     digest = hashlib.sha256(_canonical_json(settings)).hexdigest()
     for i in range(num_shards):
-        sidecar = _read_sidecar(out / sidecar_name(i))
+        sidecar = _read_sidecar(storage.join(out, sidecar_name(i)))
         if sidecar.get("settings_sha256") != digest:
             raise ShardSettingsError(
                 f"{shard_name(i)} in {out} was written with other settings than "
@@ -672,13 +639,16 @@ def finalize(out_dir: str | os.PathLike) -> dict:
         error_rows.extend(sidecar["errors"])
         for name in totals:
             totals[name] += sidecar[name]
-    _write_parquet(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), out / INDEX_FILE)
-    _write_parquet(pa.Table.from_pylist(error_rows, schema=ERRORS_SCHEMA), out / ERRORS_FILE)
+    index_path, errors_path = storage.join(out, INDEX_FILE), storage.join(out, ERRORS_FILE)
+    index = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
+    storage.write_parquet(index, index_path, compression="zstd")
+    storage.write_parquet(pa.Table.from_pylist(error_rows, schema=ERRORS_SCHEMA), errors_path,
+                          compression="zstd")
     removed = 0
-    for leftover in sorted(out.glob(".*.tmp-*")):
-        leftover.unlink(missing_ok=True)
-        removed += 1
-    _fsync_dir(out)
+    if not storage.is_remote(out):  # remote outputs never leave temporaries under DIR
+        for leftover in sorted(Path(out).glob(".*.tmp-*")):
+            leftover.unlink(missing_ok=True)
+            removed += 1
     if removed:
         log.info("removed %d temporary files left by interrupted writers", removed)
     summary = {
@@ -686,8 +656,8 @@ def finalize(out_dir: str | os.PathLike) -> dict:
         "shards": num_shards,
         "videos": settings["videos"],
         **totals,
-        "index": str(out / INDEX_FILE),
-        "errors": str(out / ERRORS_FILE),
+        "index": index_path,
+        "errors": errors_path,
         "removed_temp_files": removed,
     }
     log.info("finalized %s: %s", out, summary)

@@ -6,12 +6,12 @@ is painted a known colour, decoded for real with PyAV through pipeline.decode.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from media import make_video
 from pipeline.decode import decode_video
 from pipeline.encode import write_video
 from pipeline.imageops import encode_jpeg
+from pipeline.keys import sample_key
 from pipeline.reader import iter_shard, read_shards
 from pipeline.shard_worker import WorkerStartError
 from pipeline.shards import (
@@ -170,19 +171,43 @@ def test_reader_returns_what_was_decoded(clips, tmp_path):
     assert result.frames == 8 and result.bytes == os.path.getsize(result.path)
 
 
-def test_plain_webdataset_opens_shards(clips, tmp_path):
+def test_plain_webdataset_reads_what_the_project_reader_returns(clips, tmp_path):
     plans = plan_shards(manifest_for(clips[:3]), tmp_path, **KW, videos_per_shard=2)
     run_all(plans)
-    urls = [str(p.path) for p in plans]
-    ours = {s.key: s for s in read_shards(tmp_path, decode_frames=False)}
+    urls = [p.path for p in plans]
+    ours = {s.key: s for s in read_shards(tmp_path)}
     seen = []
-    for sample in webdataset.WebDataset(urls, shardshuffle=False):
-        meta = json.loads(sample["json"])
-        assert meta == ours[sample["__key__"]].meta
-        assert sample["0000.jpg"] == ours[sample["__key__"]].jpegs[0]
-        assert len([k for k in sample if k.endswith(".jpg")]) == meta["num_frames"]
+    plain = webdataset.WebDataset(urls, shardshuffle=False).decode("rgb8")
+    for sample in plain:
+        mine = ours[sample["__key__"]]
+        meta = sample["json"]
+        assert meta == mine.meta
+        frames = [sample[k] for k in sorted(k for k in sample if k.endswith(".jpg"))]
+        assert len(frames) == meta["num_frames"] == len(mine.frames)
+        for got, want in zip(frames, mine.frames, strict=True):
+            np.testing.assert_array_equal(got, want)
         seen.append(meta["video_id"])
     assert seen == ["clip0", "clip1", "clip2"]
+
+
+def test_reader_streams_pipe_commands_and_tar_headers_are_fixed(clips, tmp_path):
+    plans = plan_shards(manifest_for(clips[:3]), tmp_path, **KW, videos_per_shard=2)
+    run_all(plans)
+    from_files = list(read_shards(tmp_path, decode_frames=False))
+    from_pipes = list(read_shards([f"pipe:cat {p.path}" for p in plans], decode_frames=False))
+    assert [(s.key, s.meta, s.jpegs) for s in from_pipes] == [
+        (s.key, s.meta, s.jpegs) for s in from_files
+    ]
+    assert [s.meta["video_id"] for s in from_files] == ["clip0", "clip1", "clip2"]
+
+    with tarfile.open(plans[0].path) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    keys = [sample_key("clip0"), sample_key("clip1")]
+    assert names == [n for k in keys for n in sorted(x for x in names if x.startswith(k + "."))]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) for m in members} == {
+        (0, 0, 0, "", "", 0o644, tarfile.REGTYPE)
+    }
 
 
 def test_rerun_skips_and_output_is_byte_identical(clips, tmp_path):
@@ -276,7 +301,7 @@ def test_killed_writer_leaves_no_final_shard_and_resume_completes(clips, tmp_pat
         for pid in decoders:  # the orphaned decoder child would spin on for a while
             os.kill(pid, signal.SIGKILL)
     assert len(decoders) == 1
-    assert not plan.path.exists()
+    assert not Path(plan.path).exists()
     assert not (out / "shard-000000.meta.json").exists()
     assert list(out.glob(".shard-000000.tar.tmp-*"))
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featstore import storage
 from trainers.methods import method_spec
 
 try:
@@ -233,7 +234,7 @@ def resolve_config(
         raise ValueError("no store given (--store or 'store' in the config file)")
     if not cfg.out:
         raise ValueError("no output run directory given (--out or 'out' in the config file)")
-    cfg.store = str(Path(cfg.store).resolve())
+    cfg.store = storage.absolute(cfg.store)  # URLs (s3://…) stay as given
     cfg.out = str(Path(cfg.out).resolve())
     _check_ranges(cfg)
     return cfg

@@ -221,19 +221,30 @@ def _register_featstore(sub: argparse._SubParsersAction) -> None:
     q = cmds.add_parser(
         "import", help="convert per-video .npy or LiteEval .pth feature caches into a store",
         description="Import folders of <video>.npy arrays [T, D] or <video>.pth files holding "
-        "{'fea': tensor[T, D]} (LiteEval). Give one folder per view with --from VIEW=DIR. "
-        "Labels and splits come from --manifest (parquet, or CSV with columns video_id, labels "
-        "separated by ';', split); without it videos are unlabelled and in --default-split. "
-        "Row i gets timestamp i / --fps.")
+        "{'fea': tensor[T, D]} (LiteEval). Give one folder per view with --from VIEW=DIR, and "
+        "say what made each view so trainers can report GFLOPs: --backbone VIEW=NAME@SIZE for "
+        "a backbone `c2f flops` knows (its cost is measured), or --gmacs VIEW=X for any other "
+        "network (X GMACs per frame, recorded as the view attribute gmacs_per_frame). A view "
+        "with neither is refused before anything is written. Labels and splits come from "
+        "--manifest (parquet, or CSV with columns video_id, labels separated by ';', split); "
+        "without it videos are unlabelled and in --default-split. Row i gets timestamp i / "
+        "--fps.",
+        epilog="example (LiteEval's FCVID cache): c2f featstore import --format pth "
+        "--from coarse=fea/mbv2 --from fine=fea/r101 --backbone coarse=mobilenet_v2@112 "
+        "--backbone fine=resnet101@224 --manifest labels.csv --out store")
     q.add_argument("--format", choices=("npy", "pth"), required=True, help="cache file type")
     q.add_argument("--from", dest="sources", action="append", required=True,
                    metavar="VIEW=DIR", help="view name and folder of cache files (repeatable)")
     q.add_argument("--out", required=True, type=Path, help="feature store folder to create")
+    q.add_argument("--backbone", action="append", default=[], metavar="VIEW=NAME@SIZE",
+                   help="backbone and input size that made VIEW's features, e.g. "
+                   "fine=resnet101@224 (repeatable, one per view)")
+    q.add_argument("--gmacs", action="append", default=[], metavar="VIEW=X",
+                   help="per-frame cost in GMACs of a network not in `c2f flops`, e.g. "
+                   "fine=4.1 (repeatable, one per view)")
     q.add_argument("--manifest", type=Path, help="labels/splits table (parquet or CSV)")
     q.add_argument("--default-split", default="train", help="split without a manifest "
                    "(%(default)s)")
-    q.add_argument("--backbone", default="unknown", help="backbone that made the features")
-    q.add_argument("--input-size", type=int, default=0, help="its input size in pixels")
     q.add_argument("--fps", type=float, default=1.0,
                    help="rate the cached frames were sampled at (%(default)s, LiteEval)")
     q.add_argument("--videos-per-part", type=int, default=1000, help="(%(default)s)")
@@ -298,17 +309,56 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _import(args: argparse.Namespace) -> int:
-    from featstore import StoreError, import_npy, import_pth
+def view_origins(sources: dict[str, str], backbones: list[str],
+                 gmacs: list[str]) -> dict:
+    """{view: ViewOrigin} from `--backbone VIEW=NAME@SIZE` and `--gmacs VIEW=X`, each checked
+    against the backbone table (and measured) before anything is written; raises ValueError
+    naming the bad value."""
+    from backbones.build import CLIP_BACKBONES
+    from backbones.flops import parse_entry, view_cost
+    from featstore.importers import ViewOrigin
 
-    try:
-        folders = _pairs(args.sources, "--from")
-        fn = import_npy if args.format == "npy" else import_pth
-        parts = fn(folders, args.out, manifest=args.manifest, default_split=args.default_split,
-                   backbone=args.backbone, input_size=args.input_size, fps=args.fps,
-                   videos_per_part=args.videos_per_part)
-    except (ValueError, TypeError, OSError, StoreError) as exc:
-        print(f"c2f featstore import: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    given_backbones = _pairs(backbones, "--backbone")
+    given_gmacs = _pairs(gmacs, "--gmacs")
+    for flag, given in (("--backbone", given_backbones), ("--gmacs", given_gmacs)):
+        unknown = sorted(set(given) - set(sources))
+        if unknown:
+            raise ValueError(f"{flag} {unknown[0]}=...: no view {unknown[0]!r} is imported "
+                             f"(--from views: {', '.join(sorted(sources))})")
+    origins = {}
+    for view in sources:
+        if view in given_backbones:
+            entry = given_backbones[view]
+            try:
+                name, size, frames = parse_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"--backbone {view}={entry}: {exc}") from None
+            if frames != 1 or name in CLIP_BACKBONES:
+                raise ValueError(f"--backbone {view}={entry}: imported features are per frame; "
+                                 f"{name} is a clip backbone (give --gmacs {view}=X instead)")
+            cost = view_cost(name, size)
+            print(f"view {view}: {name}@{size}, {cost.gmacs:.3f} GMACs/frame measured, "
+                  f"feature dim {cost.feature_dim}")
+            origins[view] = ViewOrigin(backbone=name, input_size=size)
+        if view in given_gmacs:
+            text = given_gmacs[view]
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"--gmacs {view}={text}: not a number") from None
+            origins[view] = ViewOrigin(backbone=origins.get(view, ViewOrigin()).backbone,
+                                       gmacs=value)
+    return origins
+
+
+def _import(args: argparse.Namespace) -> int:
+    from featstore.importers import import_npy, import_pth
+
+    folders = _pairs(args.sources, "--from")
+    origins = view_origins(folders, args.backbone, args.gmacs)
+    fn = import_npy if args.format == "npy" else import_pth
+    parts = fn(folders, args.out, origins, manifest=args.manifest,
+               default_split=args.default_split, fps=args.fps,
+               videos_per_part=args.videos_per_part)
     print(f"wrote {len(parts)} part(s) and {args.out / 'catalog.parquet'}")
     return EXIT_OK

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    # The entry point itself, for commands that run other c2f commands (`c2f demo`): handed
+    # over here so no command module imports this one (no import cycle).
+    parser.set_defaults(run_c2f=main)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in (ingest, flops, features, training, jobs, demo):
         group.register(sub)
@@ -61,13 +64,30 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, StoreError)
 
 
+class _BriefFormatter(logging.Formatter):
+    """Log lines without the tracebacks attached to them (`log.exception`): without -v a
+    user sees what failed, not where in the code."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _configure_logging(verbose: bool) -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt) if verbose else _BriefFormatter(fmt))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except Exception as exc:

@@ -45,9 +45,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.encode import extension_for, write_video
-from pipeline.manifest import ManifestRow, rows_to_table, write_manifest
-
 log = logging.getLogger(__name__)
 
 PALETTE = (  # saturated class colours, one per pair
@@ -250,7 +247,15 @@ def plan_video(cfg: SynthConfig, index: int, counts: dict[int, int]) -> tuple[li
 
 
 def make_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig) -> list[SynthVideo]:
-    """Write videos under out_dir/videos, plus manifest.parquet, classes.txt and synth.json."""
+    """Write videos under out_dir/videos, plus manifest.parquet, classes.txt and synth.json.
+
+    Every file appears atomically (featstore.atomic). The encoder (PyAV) and the manifest
+    writer (pyarrow) are imported here, so `c2f synth --help` can read SynthConfig cheaply.
+    """
+    from featstore.atomic import publish, write_text
+    from pipeline.encode import extension_for, write_video
+    from pipeline.manifest import ManifestRow, rows_to_table, write_manifest
+
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     counts: dict[int, int] = {}
@@ -265,11 +270,15 @@ def make_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig) -> list[SynthV
         codec = cfg.codecs[i % len(cfg.codecs)]
         video_id = f"synth_{i:04d}"
         path = out / "videos" / f"{video_id}{extension_for(codec)}"
+        # The temporary name keeps the extension, from which the muxer is chosen.
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        write_video(
-            tmp, render_frames(cfg, i, classes, n_frames, segments), codec=codec, fps=cfg.fps
-        )
-        os.replace(tmp, path)
+        try:
+            write_video(tmp, render_frames(cfg, i, classes, n_frames, segments), codec=codec,
+                        fps=cfg.fps)
+            publish(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         videos.append(
             SynthVideo(
                 video_id=video_id,
@@ -286,10 +295,8 @@ def make_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig) -> list[SynthV
     rows = [ManifestRow(v.video_id, v.path, v.labels, v.split, v.duration) for v in videos]
     write_manifest(rows_to_table(rows), out / "manifest.parquet")
     names = [class_name(c) for c in range(cfg.classes)]
-    (out / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    write_text(out / "classes.txt", "".join(n + "\n" for n in names))
     meta = {"config": asdict(cfg), "classes": names, "videos": [asdict(v) for v in videos]}
-    tmp_meta = out / f".synth.json.tmp-{os.getpid()}"
-    tmp_meta.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp_meta, out / "synth.json")
+    write_text(out / "synth.json", json.dumps(meta, indent=1))
     log.info("wrote %d synthetic videos (%d classes) to %s", len(videos), cfg.classes, out)
     return videos

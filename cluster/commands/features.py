@@ -13,13 +13,19 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cluster.commands.running import add_run_args, run_with_progress
+from cluster.commands.options import (
+    add_extraction_args,
+    add_shard_args,
+    extract_options,
+    pairs,
+    shard_settings,
+)
+from cluster.commands.running import run_with_progress
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
-
-VIEW_HELP = ("NAME=BACKBONE@SIZE, repeatable, e.g. --view coarse=mobilenet_v2@112 --view "
-             "fine=resnet101@224. Frames are resized to short side round(SIZE/0.875) (256 for "
-             "224), centre-cropped to SIZE and ImageNet-normalised; all recorded in the store.")
+REBUILD_FOR_EXTRACT = ("delete it, re-run `c2f shards` with the flags that made the shards (it "
+                       "writes only missing shards), then re-run this command")
+REBUILD_FOR_BUILD = "delete it and re-run this command (it writes only missing shards)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,47 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_extract(sub)
     _register_build(sub)
     _register_featstore(sub)
-
-
-def _add_extraction_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--view", action="append", required=True, metavar="NAME=BACKBONE@SIZE",
-                   help=VIEW_HELP)
-    p.add_argument("--weights", action="append", default=[], metavar="VIEW=PATH",
-                   help="torchvision-layout checkpoint for a view (repeatable). Views without "
-                   "one use RANDOM-INIT weights (seeded, identical in every worker): fine for "
-                   "tests, meaningless for recognition")
-    p.add_argument("--stages", action="append", default=[], metavar="VIEW",
-                   help="also store the pooled output of every backbone stage of VIEW "
-                   "(res1..res5 for ResNets; needed by SoF-Net)")
-    p.add_argument("--logits", action="store_true",
-                   help="also store each view's classifier logits per frame")
-    p.add_argument("--batch-size", type=int, default=64, help="frames per forward (%(default)s)")
-    p.add_argument("--dtype", choices=("float32", "bf16", "fp16"), default="float32",
-                   help="inference precision; bf16/fp16 autocast needs --device cuda; stored "
-                   "features are float16 in every case (%(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where the backbones run (%(default)s)")
-    p.add_argument("--jpeg-decoder", choices=("auto", "pillow", "dali"), default="auto",
-                   help="who decodes the shards' JPEGs. auto: DALI's nvJPEG on the GPU with "
-                   "--device cuda, Pillow on CPU (measured faster there than DALI's CPU "
-                   "decoder); dali: DALI on the GPU with --device cuda, DALI's CPU decoder "
-                   "otherwise; pillow: always Pillow. Recorded per view in the store "
-                   "(%(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads per shard task; 0 keeps torch's default (under Ray: "
-                   "--cpus-per-task). Set it to the cores a task really has: oversubscribed "
-                   "threads slow CPU inference down many times")
-    add_run_args(p)
-
-
-def _pairs(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not (eq and key and value):
-            raise ValueError(f"bad {what} {item!r}: expected VIEW=VALUE")
-        out[key] = value
-    return out
 
 
 def _warn_random_init(plans: list) -> None:
@@ -91,31 +56,23 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shards", required=True, type=Path, help="folder of shard-*.tar files")
     p.add_argument("--out", required=True, type=Path, help="feature store folder")
-    _add_extraction_args(p)
+    add_extraction_args(p)
     p.set_defaults(handler=_extract)
-
-
-def _extract_options(args: argparse.Namespace):
-    """The extraction flags `c2f extract` and `c2f build` share, as one ExtractOptions."""
-    from pipeline.extract import ExtractOptions
-
-    return ExtractOptions(
-        weights=_pairs(args.weights, "--weights"), stages=tuple(args.stages or ()),
-        logits=args.logits, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        threads=args.threads, jpeg_decoder=args.jpeg_decoder)
 
 
 def _extract(args: argparse.Namespace) -> int:
     from pipeline.extract import extract_shard, finalize_store, plan_extraction
 
     try:
-        plans = plan_extraction(args.shards, args.out, args.view, _extract_options(args))
+        plans = plan_extraction(args.shards, args.out, args.view, extract_options(args))
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"c2f extract: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    if not run_with_progress(extract_shard, plans, args, None, "extract"):
-        return EXIT_PARTIAL
+    code = run_with_progress(extract_shard, plans, args, None, "extract",
+                             input_shard=lambda plan: plan.shard, rebuild=REBUILD_FOR_EXTRACT)
+    if code != EXIT_OK:
+        return code
     print(json.dumps(finalize_store(args.out, plans), indent=1))
     return EXIT_OK
 
@@ -124,8 +81,6 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _register_build(sub: argparse._SubParsersAction) -> None:
-    from pipeline.types import SAMPLING_MODES
-
     p = sub.add_parser(
         "build",
         help="manifest -> shards -> feature store, one pass per shard",
@@ -136,21 +91,8 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, type=Path, help="manifest Parquet file")
     p.add_argument("--shards-out", required=True, type=Path, help="output folder for shards")
     p.add_argument("--out", required=True, type=Path, help="feature store folder")
-    rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--fps", type=float, help="sample this many frames per second (default 1)")
-    rate.add_argument("--frames", type=int, help="sample this many frames uniformly per video")
-    p.add_argument("--sampling", choices=SAMPLING_MODES, default="exact",
-                   help="exact: the frame shown at each target time; keyframe: nearest "
-                   "keyframes only (%(default)s)")
-    p.add_argument("--backend", choices=("auto", "pyav", "dali"), default="auto",
-                   help="video decoder (%(default)s)")
-    p.add_argument("--short-side", type=int, default=256,
-                   help="stored frames' short side (%(default)s); must be >= each view's resize")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (%(default)s)")
-    p.add_argument("--videos-per-shard", type=int, default=64, help="(%(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds allowed to decode one video (%(default)s)")
-    _add_extraction_args(p)
+    add_shard_args(p)
+    add_extraction_args(p)
     p.set_defaults(handler=_build)
 
 
@@ -159,24 +101,20 @@ def _build(args: argparse.Namespace) -> int:
     from pipeline.build import build_shard, plan_build
     from pipeline.extract import finalize_store
     from pipeline.shards import IncompleteShardsError, ShardSettingsError, finalize
-    from pipeline.types import FrameFormat, SamplingPlan
 
     try:
         table = mf.read_manifest(args.manifest)
-        sampling = SamplingPlan(fps=None if args.frames is not None else (args.fps or 1.0),
-                                frames=args.frames, mode=args.sampling)
-        plans = plan_build(
-            table, args.shards_out, args.out, args.view, sampling=sampling,
-            fmt=FrameFormat(args.short_side, None, args.jpeg_quality), backend=args.backend,
-            videos_per_shard=args.videos_per_shard, timeout_s=args.timeout,
-            extract=_extract_options(args))
+        plans = plan_build(table, args.shards_out, args.out, args.view,
+                           extract=extract_options(args), **shard_settings(args))
     except (mf.ManifestError, ShardSettingsError, ValueError, OSError, RuntimeError) as exc:
         print(f"c2f build: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    ok = run_with_progress(build_shard, plans, args, table.num_rows, "build")
-    if not ok:
-        return EXIT_PARTIAL
+    code = run_with_progress(build_shard, plans, args, table.num_rows, "build",
+                             input_shard=lambda plan: plan.extract.shard,
+                             rebuild=REBUILD_FOR_BUILD)
+    if code != EXIT_OK:
+        return code
     try:
         shards = finalize(args.shards_out)
     except IncompleteShardsError as exc:
@@ -318,8 +256,8 @@ def view_origins(sources: dict[str, str], backbones: list[str],
     from backbones.flops import parse_entry, view_cost
     from featstore.importers import ViewOrigin
 
-    given_backbones = _pairs(backbones, "--backbone")
-    given_gmacs = _pairs(gmacs, "--gmacs")
+    given_backbones = pairs(backbones, "--backbone")
+    given_gmacs = pairs(gmacs, "--gmacs")
     for flag, given in (("--backbone", given_backbones), ("--gmacs", given_gmacs)):
         unknown = sorted(set(given) - set(sources))
         if unknown:
@@ -354,7 +292,7 @@ def view_origins(sources: dict[str, str], backbones: list[str],
 def _import(args: argparse.Namespace) -> int:
     from featstore.importers import import_npy, import_pth
 
-    folders = _pairs(args.sources, "--from")
+    folders = pairs(args.sources, "--from")
     origins = view_origins(folders, args.backbone, args.gmacs)
     fn = import_npy if args.format == "npy" else import_pth
     parts = fn(folders, args.out, origins, manifest=args.manifest,

@@ -1,7 +1,8 @@
 """`c2f manifest`, `c2f synth` and `c2f shards`: from video files to WebDataset shards.
 
 Handlers only parse arguments, call the library (pipeline.manifest, pipeline.synth,
-pipeline.shards, cluster.executor) and turn outcomes into exit codes.
+pipeline.shards, cluster.executor) and turn outcomes into exit codes; the library is imported
+inside them, so `c2f --help` loads neither pyarrow nor PyAV.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from cluster.commands.options import (
+    ACTIVITYNET_SUBSETS,
+    VIDEO_CODECS,
+    add_shard_args,
+    shard_settings,
+)
 from cluster.commands.running import add_run_args, run_with_progress
-from pipeline import manifest as mf
-from pipeline.encode import CODECS
-from pipeline.types import SAMPLING_MODES, FrameFormat, SamplingPlan
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -87,7 +91,7 @@ def _register_manifest(sub: argparse._SubParsersAction) -> None:
                 "training/validation/testing to train/val/test.")
     p.add_argument("input", type=Path, help="ActivityNet JSON (e.g. activity_net.v1-3.min.json)")
     p.add_argument("--videos", required=True, type=Path, help="folder holding the videos")
-    p.add_argument("--subset", action="append", choices=sorted(mf.ACTIVITYNET_SPLITS),
+    p.add_argument("--subset", action="append", choices=ACTIVITYNET_SUBSETS,
                    help="keep only this ActivityNet subset (repeatable; default all)")
 
     p = builder("fcvid", "from the FCVID release's list and label files",
@@ -112,7 +116,9 @@ def _register_manifest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_manifest_check)
 
 
-def _rows_for(args: argparse.Namespace) -> list[mf.ManifestRow]:
+def _rows_for(args: argparse.Namespace) -> list:
+    from pipeline import manifest as mf
+
     if args.source == "csv":
         return mf.rows_from_csv(args.input, args.root, args.default_split)
     if args.source == "jsonl":
@@ -132,6 +138,8 @@ def _describe_table(table) -> str:
 
 
 def _manifest_build(args: argparse.Namespace) -> int:
+    from pipeline import manifest as mf
+
     try:
         classes = mf.read_class_list(args.classes) if args.classes else None
         rows = _rows_for(args)
@@ -147,6 +155,8 @@ def _manifest_build(args: argparse.Namespace) -> int:
 
 
 def _manifest_check(args: argparse.Namespace) -> int:
+    from pipeline import manifest as mf
+
     try:
         table = mf.read_manifest(args.input)
         classes = mf.read_class_list(args.classes) if args.classes else None
@@ -189,7 +199,7 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-duration", type=float, default=d.max_duration,
                    help="longest video in seconds (%(default)s)")
     p.add_argument("--codecs", default=",".join(d.codecs),
-                   help=f"comma-separated codecs to rotate, from {', '.join(CODECS)} "
+                   help=f"comma-separated codecs to rotate, from {', '.join(VIDEO_CODECS)} "
                    "(%(default)s)")
     p.add_argument("--multi-label-fraction", type=float, default=d.multi_label_fraction,
                    help="fraction of videos that also show a second class (%(default)s)")
@@ -200,10 +210,11 @@ def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import SynthConfig, make_synthetic_dataset
 
     codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
-    unknown = [c for c in codecs if c not in CODECS]
+    unknown = [c for c in codecs if c not in VIDEO_CODECS]
     try:
         if unknown:
-            raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from {list(CODECS)}")
+            raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from "
+                             f"{list(VIDEO_CODECS)}")
         cfg = SynthConfig(
             videos=args.videos, classes=args.classes, seed=args.seed, width=args.width,
             height=args.height, fps=args.fps, min_duration=args.min_duration,
@@ -236,32 +247,13 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", required=True, type=Path, help="manifest Parquet file")
     p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
-    rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--fps", type=float, help="sample this many frames per second (default 1)")
-    rate.add_argument("--frames", type=int, help="sample this many frames uniformly per video")
-    p.add_argument("--sampling", choices=SAMPLING_MODES, default="exact",
-                   help="exact: the frame shown at each target time; keyframe: nearest "
-                   "keyframes only, decoding nothing else (%(default)s)")
-    p.add_argument("--backend", choices=("auto", "pyav", "dali"), default="auto",
-                   help="decoder (%(default)s: DALI on GPU, else the faster CPU decoder)")
-    p.add_argument("--short-side", type=int, default=256,
-                   help="resize frames to this short side, aspect kept (%(default)s)")
-    p.add_argument("--center-crop", type=int, help="then crop the centre to N x N")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (%(default)s)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--videos-per-shard", type=int, default=64,
-                      help="videos per shard (%(default)s)")
-    size.add_argument("--target-bytes", type=int,
-                      help="pack shards to about this many bytes instead (estimated from "
-                      "duration, sampling and frame size)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds allowed to decode one video before it is recorded as failed "
-                   "(%(default)s)")
+    add_shard_args(p)
     add_run_args(p)
     p.set_defaults(handler=_shards)
 
 
 def _shards(args: argparse.Namespace) -> int:
+    from pipeline import manifest as mf
     from pipeline.shards import (
         IncompleteShardsError,
         ShardSettingsError,
@@ -272,22 +264,13 @@ def _shards(args: argparse.Namespace) -> int:
 
     try:
         table = mf.read_manifest(args.manifest)
-        sampling = SamplingPlan(
-            fps=None if args.frames is not None else (args.fps or 1.0),
-            frames=args.frames,
-            mode=args.sampling,
-        )
-        fmt = FrameFormat(args.short_side, args.center_crop, args.jpeg_quality)
-        plans = plan_shards(
-            table, args.out, sampling=sampling, fmt=fmt, backend=args.backend,
-            videos_per_shard=args.videos_per_shard, target_bytes=args.target_bytes,
-            timeout_s=args.timeout,
-        )
+        plans = plan_shards(table, args.out, **shard_settings(args))
     except (mf.ManifestError, ShardSettingsError, ValueError) as exc:
         print(f"c2f shards: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if not run_with_progress(write_shard, plans, args, table.num_rows, "shards"):
-        return EXIT_PARTIAL
+    code = run_with_progress(write_shard, plans, args, table.num_rows, "shards")
+    if code != EXIT_OK:
+        return code
     try:
         summary = finalize(args.out)
     except IncompleteShardsError as exc:

@@ -1,0 +1,117 @@
+"""Start-up time of the `c2f` command: `c2f --help` and `c2f CMD --help` for every command.
+
+Each one runs in a fresh Python subprocess (`python -m cluster.cli ... --help`, the code path
+of the installed `c2f` script), `--repeats` times, interleaved so machine load hits all alike;
+the table shows the median and the worst wall time, the peak memory of the child (ru_maxrss,
+as measured by the kernel for the finished child) and which heavy libraries the command
+module loaded just to print its help (checked in one more fresh process). A bare
+`python -c pass` is timed alongside as the floor.
+Usage:
+    python benchmarks/bench_cli.py [--repeats 5] [--limit 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "matplotlib", "ray", "h5py", "pyarrow", "av", "nvidia.dali")
+PROBE = """
+import sys
+from cluster.cli import build_parser
+try:
+    build_parser().parse_args(sys.argv[1:])
+except SystemExit:
+    pass
+print(",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def commands() -> list[list[str]]:
+    """[] for `c2f --help`, then every command and every nested sub-command."""
+    import argparse as ap
+
+    from cluster.cli import build_parser
+
+    out: list[list[str]] = [[]]
+
+    def walk(parser: ap.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, ap._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out.append(prefix + [name])
+                    walk(sub, prefix + [name])
+
+    walk(build_parser(), [])
+    return out
+
+
+def run_timed(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, the kernel's accounting of the finished child) of one
+    fresh `python -m cluster.cli ARGV --help`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "cluster.cli", *argv, "--help"],
+                         env, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"c2f {' '.join(argv)} --help exited {status}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def heavy_modules(argv: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    probe = PROBE.format(heavy=HEAVY)
+    out = subprocess.run([sys.executable, "-c", probe, *argv, "--help"], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()
+    return out[-1] if out and out[-1] else "-"
+
+
+def floor_seconds() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="runs per command (%(default)s)")
+    parser.add_argument("--limit", type=float, default=1.0,
+                        help="seconds a --help may take; rows over it are marked (%(default)s)")
+    args = parser.parse_args()
+    argvs = commands()
+    walls: dict[int, list[float]] = {i: [] for i in range(len(argvs))}
+    rss: dict[int, list[float]] = {i: [] for i in range(len(argvs))}
+    floor: list[float] = []
+    for _ in range(args.repeats):
+        floor.append(floor_seconds())
+        for i, argv in enumerate(argvs):
+            wall, peak = run_timed(argv)
+            walls[i].append(wall)
+            rss[i].append(peak)
+    print(f"python -c pass: median {statistics.median(floor):.3f} s over {args.repeats} runs; "
+          f"load average {os.getloadavg()[0]:.1f}; {resource.getpagesize()} B pages")
+    print(f"| command | median s | max s | peak RSS MB | heavy modules loaded | under {args.limit} s |")
+    print("|---|---:|---:|---:|---|---|")
+    over = 0
+    for i, argv in enumerate(argvs):
+        med = statistics.median(walls[i])
+        ok = med < args.limit
+        over += not ok
+        name = " ".join(["c2f", *argv, "--help"])
+        print(f"| `{name}` | {med:.3f} | {max(walls[i]):.3f} | {statistics.median(rss[i]):.0f} | "
+              f"{heavy_modules(argv)} | {'yes' if ok else '**no**'} |")
+    print(f"{len(argvs) - over} of {len(argvs)} commands under {args.limit} s (median of "
+          f"{args.repeats})")
+
+
+if __name__ == "__main__":
+    main()

@@ -148,3 +148,18 @@ def test_input_errors_become_one_message_and_exit_2(tmp_path, capsys, verbose):
     err = capsys.readouterr().err
     assert f"error: view 'v': {tmp_path / 'missing'} is not a folder" in err
     assert ("Traceback" in err) == verbose
+
+
+def test_demo_runs_its_steps_through_the_entry_point_it_is_given(tmp_path):
+    from cluster.cli import main
+    from cluster.demo import demo_commands, run_demo
+
+    assert build_parser().parse_args(["demo"]).run_c2f is main
+    calls = []
+
+    def c2f(argv: list[str]) -> int:
+        calls.append(argv)
+        return 3 if argv[0] == "extract" else 0
+
+    assert run_demo(c2f, tmp_path, videos=2, classes=2, epochs=1) == 3
+    assert calls == demo_commands(tmp_path.resolve(), 2, 2, 1)[:3]

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.synth_config import SynthConfig  # defined apart so `c2f synth --help` is light
+
 log = logging.getLogger(__name__)
 
 PALETTE = (  # saturated class colours, one per pair
@@ -61,31 +63,6 @@ MUTED = ((120, 110, 100), (90, 100, 110), (140, 130, 120), (100, 90, 80), (110, 
 STRIPE_PERIOD = 2
 STRIPE_AMPLITUDE = 50
 SPLIT_CYCLE = ("train", "val", "test", "train", "train", "train")
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """What to generate. Durations are drawn uniformly per video in [min_duration,
-    max_duration] seconds; width and height must be even and at least 16."""
-
-    videos: int = 24
-    classes: int = 4
-    seed: int = 0
-    width: int = 320
-    height: int = 240
-    fps: float = 10.0
-    min_duration: float = 8.0
-    max_duration: float = 20.0
-    codecs: tuple[str, ...] = ("h264", "vp9", "mjpeg")
-    multi_label_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.videos < 1 or self.classes < 1:
-            raise ValueError("need at least one video and one class")
-        if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
-            raise ValueError("width and height must be even and at least 16")
-        if not 0 < self.min_duration <= self.max_duration:
-            raise ValueError("need 0 < min_duration <= max_duration")
 
 
 @dataclass

@@ -175,7 +175,7 @@ def _manifest_check(args: argparse.Namespace) -> int:
 
 
 def _register_synth(sub: argparse._SubParsersAction) -> None:
-    from pipeline.synth import SynthConfig
+    from pipeline.synth_config import SynthConfig
 
     d = SynthConfig()
     p = sub.add_parser(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,8 @@ def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
 def shard_damage(path: str | Path) -> str | None:
     """Why the shard tar at `path` cannot be read to its end (truncated, corrupt, missing), or
     None when every member reads. Reads the whole file: meant for shards that already failed."""
+    import tarfile
+
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:

@@ -60,8 +60,8 @@ LITEEVAL = ("coarse_hidden=8", "fine_hidden=16")
 def test_npy_cache_named_by_backbone_trains(tmp_path: Path):
     store = import_cache(write_cache(tmp_path, "npy"), "npy",
                          ["--backbone", "coarse=mobilenet_v2@112",
-                          "--backbone", "fine=resnet101@224"])
-    coarse, fine = view_cost("mobilenet_v2", 112).gmacs, view_cost("resnet101", 224).gmacs
+                          "--backbone", "fine=resnet18@112"])
+    coarse, fine = view_cost("mobilenet_v2", 112).gmacs, view_cost("resnet18", 112).gmacs
     uniform = train(store, "uniform", tmp_path / "uniform", "view=fine")
     assert uniform["videos"] == 4
     assert uniform["gflops_per_frame_mean"] == pytest.approx(fine, rel=1e-3)
@@ -78,3 +78,17 @@ def test_liteeval_pth_cache_priced_by_gmacs_trains(tmp_path: Path):
     assert lite["videos"] == 4
     assert 0.25 <= lite["gflops_per_frame_mean"] <= 1.01 * (0.25 + 4.0)
     assert 0.0 <= lite["fine_usage_mean"] <= 1.0
+
+
+def test_a_store_imported_before_views_were_priced_says_how_to_fix_it(tmp_path, capsys):
+    from featstore import StoreWriter, ViewSpec, build_catalog
+
+    store = tmp_path / "store"
+    with StoreWriter(store, "import-000000", {"fine": ViewSpec(4, "unknown", 0)}) as w:
+        for i, split in enumerate(("train", "val", "test")):
+            w.add_video(f"v{i}", ["Skiing"], split, np.arange(3.0),
+                        {"fine": np.ones((3, 4), np.float32)})
+    build_catalog(store)
+    assert c2f(["train", "uniform", "--store", str(store), "--out", str(tmp_path / "run"),
+                "--epochs", "1"]) == 2
+    assert "re-import it with --backbone fine=NAME@SIZE or --gmacs fine=X" in capsys.readouterr().err

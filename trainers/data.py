@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backbones.flops import view_cost
-from featstore.schema import GMACS_PER_FRAME
+from featstore.schema import GMACS_PER_FRAME, UNKNOWN_BACKBONE
 from trainers.method import Batch
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def store_info(store) -> StoreInfo:
         attrs = store.view_attrs(name)
         backbone, size = str(attrs["backbone"]), int(attrs["input_size"])
         given = attrs.get(GMACS_PER_FRAME)  # imports of networks not in backbones/
+        if given is None and backbone == UNKNOWN_BACKBONE:
+            raise ValueError(f"view {name!r} names no backbone and no per-frame cost; re-import "
+                             f"it with --backbone {name}=NAME@SIZE or --gmacs {name}=X")
         cost = view_cost(backbone, size) if given is None else None
         stage_names = list(store.stage_names(name))
         stage_dims: dict[str, int] = {}

@@ -2,7 +2,8 @@
 
 Handlers parse arguments, call pipeline.extract / pipeline.build / featstore, run plans with
 cluster.executor, and turn outcomes into exit codes: 0 done, 1 some work failed or problems
-were found (finished outputs are kept; re-run to resume), 2 bad input before any work.
+were found (finished outputs are kept; re-run to resume), 2 bad input before any work (the
+library's error propagates; cluster.cli.main prints it) or a damaged input shard.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cluster.commands.options import (
 )
 from cluster.commands.running import run_with_progress
 
-EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL = 0, 1  # bad input: raise, and cluster.cli.main exits 2
 REBUILD_FOR_EXTRACT = ("delete it, re-run `c2f shards` with the flags that made the shards (it "
                        "writes only missing shards), then re-run this command")
 REBUILD_FOR_BUILD = "delete it and re-run this command (it writes only missing shards)"
@@ -65,9 +66,8 @@ def _extract(args: argparse.Namespace) -> int:
 
     try:
         plans = plan_extraction(args.shards, args.out, args.view, extract_options(args))
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"c2f extract: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # --device cuda where torch sees no GPU: the flag is wrong
+        raise ValueError(str(exc)) from exc
     _warn_random_init(plans)
     code = run_with_progress(extract_shard, plans, args, None, "extract",
                              input_shard=lambda plan: plan.shard, rebuild=REBUILD_FOR_EXTRACT)
@@ -100,15 +100,14 @@ def _build(args: argparse.Namespace) -> int:
     from pipeline import manifest as mf
     from pipeline.build import build_shard, plan_build
     from pipeline.extract import finalize_store
-    from pipeline.shards import IncompleteShardsError, ShardSettingsError, finalize
+    from pipeline.shards import IncompleteShardsError, finalize
 
+    table = mf.read_manifest(args.manifest)
     try:
-        table = mf.read_manifest(args.manifest)
         plans = plan_build(table, args.shards_out, args.out, args.view,
                            extract=extract_options(args), **shard_settings(args))
-    except (mf.ManifestError, ShardSettingsError, ValueError, OSError, RuntimeError) as exc:
-        print(f"c2f build: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # --device cuda where torch sees no GPU: the flag is wrong
+        raise ValueError(str(exc)) from exc
     _warn_random_init(plans)
     code = run_with_progress(build_shard, plans, args, table.num_rows, "build",
                              input_shard=lambda plan: plan.extract.shard,
@@ -190,14 +189,10 @@ def _register_featstore(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from featstore import StoreError, open_store
+    from featstore import open_store
 
-    try:
-        s = open_store(args.store)
-        views = {v: s.view_attrs(v) for v in s.views}
-    except StoreError as exc:
-        print(f"c2f featstore info: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    s = open_store(args.store)
+    views = {v: s.view_attrs(v) for v in s.views}
     lengths = s.catalog.column("length").to_pylist()
     info = {
         "store": str(args.store), "parts": len(s.parts()), "videos": len(s),

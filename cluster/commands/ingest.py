@@ -1,7 +1,8 @@
 """`c2f manifest`, `c2f synth` and `c2f shards`: from video files to WebDataset shards.
 
 Handlers only parse arguments, call the library (pipeline.manifest, pipeline.synth,
-pipeline.shards, cluster.executor) and turn outcomes into exit codes; the library is imported
+pipeline.shards, cluster.executor) and turn outcomes into exit codes (bad input: the
+library's error propagates and cluster.cli.main prints it, exit 2); the library is imported
 inside them, so `c2f --help` loads neither pyarrow nor PyAV.
 """
 
@@ -21,7 +22,7 @@ from cluster.commands.options import (
 )
 from cluster.commands.running import add_run_args, run_with_progress
 
-EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL = 0, 1  # bad input: raise, and cluster.cli.main exits 2
 
 MANIFEST_EPILOG = """\
 Every builder writes one Parquet table with columns video_id (string), path (string, absolute),
@@ -140,13 +141,9 @@ def _describe_table(table) -> str:
 def _manifest_build(args: argparse.Namespace) -> int:
     from pipeline import manifest as mf
 
-    try:
-        classes = mf.read_class_list(args.classes) if args.classes else None
-        rows = _rows_for(args)
-        table, report = mf.build_table(rows, classes=classes, strict=args.strict)
-    except (mf.ManifestError, OSError) as exc:
-        print(f"c2f manifest: refused: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    classes = mf.read_class_list(args.classes) if args.classes else None
+    rows = _rows_for(args)
+    table, report = mf.build_table(rows, classes=classes, strict=args.strict)
     mf.write_manifest(table, args.out)
     print(f"wrote {args.out}: {_describe_table(table)}")
     for line in report.lines():
@@ -157,12 +154,8 @@ def _manifest_build(args: argparse.Namespace) -> int:
 def _manifest_check(args: argparse.Namespace) -> int:
     from pipeline import manifest as mf
 
-    try:
-        table = mf.read_manifest(args.input)
-        classes = mf.read_class_list(args.classes) if args.classes else None
-    except (mf.ManifestError, OSError) as exc:
-        print(f"c2f manifest check: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    table = mf.read_manifest(args.input)
+    classes = mf.read_class_list(args.classes) if args.classes else None
     rows = [mf.ManifestRow(**r) for r in table.to_pylist()]
     report = mf.validate(rows, classes)
     print(f"{args.input}: {_describe_table(table)}")
@@ -211,19 +204,15 @@ def _synth(args: argparse.Namespace) -> int:
 
     codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
     unknown = [c for c in codecs if c not in VIDEO_CODECS]
-    try:
-        if unknown:
-            raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from "
-                             f"{list(VIDEO_CODECS)}")
-        cfg = SynthConfig(
-            videos=args.videos, classes=args.classes, seed=args.seed, width=args.width,
-            height=args.height, fps=args.fps, min_duration=args.min_duration,
-            max_duration=args.max_duration, codecs=codecs,
-            multi_label_fraction=args.multi_label_fraction,
-        )
-    except ValueError as exc:
-        print(f"c2f synth: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    if unknown:
+        raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from "
+                         f"{list(VIDEO_CODECS)}")
+    cfg = SynthConfig(
+        videos=args.videos, classes=args.classes, seed=args.seed, width=args.width,
+        height=args.height, fps=args.fps, min_duration=args.min_duration,
+        max_duration=args.max_duration, codecs=codecs,
+        multi_label_fraction=args.multi_label_fraction,
+    )
     videos = make_synthetic_dataset(args.out, cfg)
     seconds = sum(v.duration for v in videos)
     print(f"wrote {len(videos)} videos ({seconds:.0f} s of video, {cfg.classes} classes) and "
@@ -254,20 +243,10 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
 
 def _shards(args: argparse.Namespace) -> int:
     from pipeline import manifest as mf
-    from pipeline.shards import (
-        IncompleteShardsError,
-        ShardSettingsError,
-        finalize,
-        plan_shards,
-        write_shard,
-    )
+    from pipeline.shards import IncompleteShardsError, finalize, plan_shards, write_shard
 
-    try:
-        table = mf.read_manifest(args.manifest)
-        plans = plan_shards(table, args.out, **shard_settings(args))
-    except (mf.ManifestError, ShardSettingsError, ValueError) as exc:
-        print(f"c2f shards: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    table = mf.read_manifest(args.manifest)
+    plans = plan_shards(table, args.out, **shard_settings(args))
     code = run_with_progress(write_shard, plans, args, table.num_rows, "shards")
     if code != EXIT_OK:
         return code

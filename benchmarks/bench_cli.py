@@ -5,14 +5,16 @@ of the installed `c2f` script), `--repeats` times, interleaved so machine load h
 the table shows the median and the worst wall time, the peak memory of the child (ru_maxrss,
 as measured by the kernel for the finished child) and which heavy libraries the command
 module loaded just to print its help (checked in one more fresh process). A bare
-`python -c pass` is timed alongside as the floor.
+`python -c pass` is timed alongside as the floor. With --baseline DIR, the same commands run
+from another checkout too, interleaved, for a side-by-side speed-up.
 Usage:
-    python benchmarks/bench_cli.py [--repeats 5] [--limit 1.0]
+    python benchmarks/bench_cli.py [--repeats 5] [--limit 1.0] [--baseline /path/to/checkout]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -57,22 +59,23 @@ def commands() -> list[list[str]]:
     return out
 
 
-def run_timed(argv: list[str]) -> tuple[float, float]:
+def run_timed(root: Path, argv: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB, the kernel's accounting of the finished child) of one
-    fresh `python -m cluster.cli ARGV --help`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    fresh `python -m cluster.cli ARGV --help` with the checkout `root` first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
     started = time.perf_counter()
     pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "cluster.cli", *argv, "--help"],
-                         env, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+                         env, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"c2f {' '.join(argv)} --help exited {status}")
+        return float("nan"), float("nan")  # a command this checkout does not have
     return wall, usage.ru_maxrss / 1024
 
 
-def heavy_modules(argv: list[str]) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def heavy_modules(root: Path, argv: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": str(root)}
     probe = PROBE.format(heavy=HEAVY)
     return subprocess.run([sys.executable, "-c", probe, *argv, "--help"], env=env, check=True,
                           capture_output=True, text=True).stdout.strip()
@@ -89,29 +92,45 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs per command (%(default)s)")
     parser.add_argument("--limit", type=float, default=1.0,
                         help="seconds a --help may take; rows over it are marked (%(default)s)")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout (e.g. an older commit) timed side by side, "
+                        "interleaved with this one")
     args = parser.parse_args()
+    roots = [ROOT] + ([args.baseline.resolve()] if args.baseline else [])
     argvs = commands()
-    walls: dict[int, list[float]] = {i: [] for i in range(len(argvs))}
-    rss: dict[int, list[float]] = {i: [] for i in range(len(argvs))}
+    walls = {(r, i): [] for r in roots for i in range(len(argvs))}
+    rss = {(r, i): [] for r in roots for i in range(len(argvs))}
     floor: list[float] = []
     for _ in range(args.repeats):
         floor.append(floor_seconds())
         for i, argv in enumerate(argvs):
-            wall, peak = run_timed(argv)
-            walls[i].append(wall)
-            rss[i].append(peak)
+            for root in roots:
+                wall, peak = run_timed(root, argv)
+                walls[root, i].append(wall)
+                rss[root, i].append(peak)
     print(f"python -c pass: median {statistics.median(floor):.3f} s over {args.repeats} runs; "
           f"load average {os.getloadavg()[0]:.1f}; {resource.getpagesize()} B pages")
-    print(f"| command | median s | max s | peak RSS MB | heavy modules loaded | under {args.limit} s |")
-    print("|---|---:|---:|---:|---|---|")
+    head = "| command | median s | max s | peak RSS MB | heavy modules loaded |"
+    rule = "|---|---:|---:|---:|---|"
+    if args.baseline:
+        head += " baseline median s | baseline RSS MB | baseline heavy modules | speed-up |"
+        rule += "---:|---:|---|---:|"
+    print(head + f" under {args.limit} s |")
+    print(rule + "---|")
     over = 0
     for i, argv in enumerate(argvs):
-        med = statistics.median(walls[i])
+        med = statistics.median(walls[ROOT, i])
         ok = med < args.limit
         over += not ok
-        name = " ".join(["c2f", *argv, "--help"])
-        print(f"| `{name}` | {med:.3f} | {max(walls[i]):.3f} | {statistics.median(rss[i]):.0f} | "
-              f"{heavy_modules(argv)} | {'yes' if ok else '**no**'} |")
+        row = (f"| `{' '.join(['c2f', *argv, '--help'])}` | {med:.3f} | "
+               f"{max(walls[ROOT, i]):.3f} | {statistics.median(rss[ROOT, i]):.0f} | "
+               f"{heavy_modules(ROOT, argv)} |")
+        if args.baseline:
+            base = statistics.median(walls[roots[1], i])
+            heavy = "n/a" if math.isnan(base) else heavy_modules(roots[1], argv)
+            row += (f" {base:.3f} | {statistics.median(rss[roots[1], i]):.0f} | {heavy} | "
+                    f"{base / med:.1f}x |")
+        print(row + f" {'yes' if ok else '**no**'} |")
     print(f"{len(argvs) - over} of {len(argvs)} commands under {args.limit} s (median of "
           f"{args.repeats})")
 

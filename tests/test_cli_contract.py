@@ -73,6 +73,15 @@ def test_build_takes_every_shards_and_extract_flag_with_the_same_meaning():
     assert "--center-crop" in build and "--target-bytes" in build
 
 
+def test_build_passes_center_crop_and_target_bytes_to_the_planner():
+    args = build_parser().parse_args(
+        ["build", "--manifest", "m.parquet", "--shards-out", "s", "--out", "o", "--view",
+         "a=resnet18@64", "--frames", "8", "--center-crop", "72", "--target-bytes", "5000"])
+    settings = options.shard_settings(args)
+    assert settings["fmt"].center_crop == 72 and settings["target_bytes"] == 5000
+    assert settings["sampling"].frames == 8 and settings["sampling"].fps is None
+
+
 def test_verbose_is_accepted_after_the_command_and_before_it():
     parser = build_parser()
     assert parser.parse_args(["flops", "-v"]).verbose is True

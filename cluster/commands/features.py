@@ -55,8 +55,8 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
         "write one part per shard to OUT/parts/, then OUT/catalog.parquet. Parts that exist "
         "are skipped, so re-running resumes. Format: docs/featstore.md.",
     )
-    p.add_argument("--shards", required=True, type=Path, help="folder of shard-*.tar files")
-    p.add_argument("--out", required=True, type=Path, help="feature store folder")
+    p.add_argument("--shards", required=True, help="folder of shard-*.tar files (or s3://…)")
+    p.add_argument("--out", required=True, help="feature store folder (or s3://…)")
     add_extraction_args(p)
     p.set_defaults(handler=_extract)
 

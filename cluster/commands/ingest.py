@@ -234,8 +234,8 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
         "written; see OUT/errors.parquet), 2 bad input before any work (bad manifest, settings "
         "that differ from those OUT was made with).",
     )
-    p.add_argument("--manifest", required=True, type=Path, help="manifest Parquet file")
-    p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
+    p.add_argument("--manifest", required=True, help="manifest Parquet file (path or s3://…)")
+    p.add_argument("--out", required=True, help="output folder for the shards (path or s3://…)")
     add_shard_args(p)
     add_run_args(p)
     p.set_defaults(handler=_shards)

@@ -64,12 +64,13 @@ def run_timed(root: Path, argv: list[str]) -> tuple[float, float]:
     fresh `python -m cluster.cli ARGV --help` with the checkout `root` first on the path."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     started = time.perf_counter()
-    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "cluster.cli", *argv, "--help"],
-                         env, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                                            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
-    _, status, usage = os.wait4(pid, 0)
+    # cwd=root: `python -m` puts the working folder first on sys.path
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", *argv, "--help"], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
         return float("nan"), float("nan")  # a command this checkout does not have
     return wall, usage.ru_maxrss / 1024
 
@@ -77,8 +78,8 @@ def run_timed(root: Path, argv: list[str]) -> tuple[float, float]:
 def heavy_modules(root: Path, argv: list[str]) -> str:
     env = {**os.environ, "PYTHONPATH": str(root)}
     probe = PROBE.format(heavy=HEAVY)
-    return subprocess.run([sys.executable, "-c", probe, *argv, "--help"], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", probe, *argv, "--help"], cwd=root, env=env,
+                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def floor_seconds() -> float:

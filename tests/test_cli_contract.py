@@ -23,9 +23,8 @@ HEAVY = ("torch", "matplotlib", "ray", "h5py", "pyarrow", "av", "nvidia.dali")
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          check=False,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
+                          capture_output=True, check=False, text=True, timeout=300)
 
 
 def test_command_modules_register_without_heavy_libraries():

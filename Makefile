@@ -22,8 +22,18 @@ test: install
 demo: install
 	$(BIN)/c2f demo --out $(DEMO_DIR)
 
+# Every benchmark under benchmarks/, each with small arguments: a smoke run that prints each
+# table within minutes on a laptop. The figures in benchmarks/README.md come from the larger
+# commands written next to them there.
+BENCH := PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks
 bench: install
-	PATH=$(abspath $(BIN)):$$PATH bash benchmarks/run_all.sh
+	$(BENCH)/bench_cli.py --repeats 3
+	$(BENCH)/bench_decode.py --minutes 0.5 --repeats 1 --gops 50 --dali-seconds 5
+	$(BENCH)/bench_jpeg_decode.py --frames 8 --repeats 2
+	$(BENCH)/bench_extract.py --batch-size 4 --threads 1 --batches 1
+	$(BENCH)/bench_featstore.py --videos 100 --frames 20
+	$(BENCH)/bench_train.py --videos 8 --frames 10 --classes 8 --epochs 1 --batch-size 4 \
+		--coarse-hidden 32 --fine-hidden 64 --threads 1
 
 lint: install
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ ImageNet weights.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,16 @@ def demo_commands(out: Path, videos: int, classes: int, epochs: int) -> list[lis
     ]
 
 
-def run_demo(out: Path, videos: int = 24, classes: int = 4, epochs: int = 15) -> int:
-    """Run every demo step; stop at the first step that fails and return its exit code."""
-    from cluster.cli import main
-
+def run_demo(c2f: Callable[[list[str]], int], out: Path, videos: int = 24, classes: int = 4,
+             epochs: int = 15) -> int:
+    """Run every demo step with `c2f` (the CLI's entry point, `cluster.cli.main`, passed in so
+    this module does not import the CLI that imports it); stop at the first step that fails
+    and return its exit code."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for argv in demo_commands(out, videos, classes, epochs):
         log.info("demo step: c2f %s", " ".join(argv))
-        code = main(argv)
+        code = c2f(argv)
         if code != 0:
             log.error("demo step failed with exit code %d: c2f %s", code, " ".join(argv))
             return code

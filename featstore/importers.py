@@ -5,6 +5,12 @@ video_features tool writes them) and a folder of `<video>.pth` dicts {'fea': T x
 (as LiteEval's loaders read them). Labels and splits come from an optional manifest-like table
 (CSV or parquet with columns video_id, labels, split); without one, videos get no labels and
 `default_split`. Timestamps are not in these caches: row i gets time i / fps.
+
+Trainers report GFLOPs, so every imported view must say what its features cost: the backbone
+and input size that made them (measured later from backbones/), or, for a network the project
+does not have, its per-frame GMACs (recorded as the view attribute `gmacs_per_frame`). A view
+with neither is refused before anything is written. Every cache file is opened before the first
+part is written, so a bad file (named in the error) leaves no half-imported store behind.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from featstore.catalog import build_catalog
-from featstore.schema import ViewSpec
+from featstore.schema import GMACS_PER_FRAME, UNKNOWN_BACKBONE, ViewSpec
 from featstore.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -29,44 +36,112 @@ log = logging.getLogger(__name__)
 Folders = str | os.PathLike | Mapping[str, str | os.PathLike]
 
 
-def import_npy(folders: Folders, store_dir: str | os.PathLike, **kwargs: Any) -> list[Path]:
-    """Import `<video>.npy` [T, D] files; `folders` is one folder or {view: folder}."""
-    return _import(folders, store_dir, ".npy", _load_npy, **kwargs)
+class CacheFileError(ValueError):
+    """A cache file cannot be read as the format says; the message names the file."""
 
 
-def import_pth(folders: Folders, store_dir: str | os.PathLike, **kwargs: Any) -> list[Path]:
+@dataclass(frozen=True)
+class ViewOrigin:
+    """What made one imported view: `backbone` at `input_size` (a network of backbones/, whose
+    cost the trainers measure), or an unlisted network whose per-frame cost is `gmacs`."""
+
+    backbone: str = UNKNOWN_BACKBONE
+    input_size: int = 0
+    gmacs: float | None = None
+
+    def problem(self) -> str | None:
+        """Why this origin cannot price the view's frames, or None when it can."""
+        known = self.backbone != UNKNOWN_BACKBONE
+        if known and self.gmacs is not None:
+            return (f"has both a backbone ({self.backbone}) and given GMACs ({self.gmacs}); "
+                    "give one: the backbone's cost is measured")
+        if known and self.input_size < 1:
+            return f"backbone {self.backbone} needs an input size >= 1, got {self.input_size}"
+        if not known and self.gmacs is None:
+            return ("has no backbone and no per-frame cost, so trainers cannot report its "
+                    "GFLOPs; give --backbone VIEW=NAME@SIZE (a backbone `c2f flops` knows) or "
+                    "--gmacs VIEW=X (its GMACs per frame)")
+        if self.gmacs is not None and not self.gmacs > 0:
+            return f"per-frame GMACs must be > 0, got {self.gmacs}"
+        return None
+
+    def view_spec(self, dim: int, attrs: dict[str, Any]) -> ViewSpec:
+        extra = {} if self.gmacs is None else {GMACS_PER_FRAME: float(self.gmacs)}
+        return ViewSpec(dim=dim, backbone=self.backbone, input_size=int(self.input_size),
+                        attrs={**attrs, **extra})
+
+
+Origins = ViewOrigin | Mapping[str, ViewOrigin]
+
+
+def import_npy(folders: Folders, store_dir: str | os.PathLike, origins: Origins,
+               **kwargs: Any) -> list[Path]:
+    """Import `<video>.npy` [T, D] files; `folders` is one folder or {view: folder}, `origins`
+    one ViewOrigin or {view: ViewOrigin}."""
+    return _import(folders, store_dir, origins, ".npy", _load_npy, _shape_npy, **kwargs)
+
+
+def import_pth(folders: Folders, store_dir: str | os.PathLike, origins: Origins,
+               **kwargs: Any) -> list[Path]:
     """Import LiteEval-style `<video>.pth` dicts {'fea': [T, D]}; needs torch (imported here)."""
-    return _import(folders, store_dir, ".pth", _load_pth, **kwargs)
+    return _import(folders, store_dir, origins, ".pth", _load_pth, _shape_pth, **kwargs)
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        what = ("not a NumPy .npy file (no \\x93NUMPY header)" if magic != b"\x93NUMPY"
+                else f"unreadable .npy file ({exc})")
+        raise CacheFileError(f"{path}: {what}") from exc
+
+
+def _shape_npy(path: Path) -> tuple[int, ...]:
+    return tuple(_load_npy(path, mmap=True).shape)
+
+
+def _pth_tensor(path: Path, mmap: bool) -> Any:
+    import pickle
+
+    import torch  # lazily: featstore itself never needs torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        if mmap:  # files in torch's legacy (non-zip) format cannot be memory-mapped
+            return _pth_tensor(path, mmap=False)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CacheFileError(f"{path}: not a readable .pth tensor file ({first})") from exc
+    if isinstance(obj, dict):
+        if "fea" not in obj:
+            raise CacheFileError(f"{path}: dict without a 'fea' entry (keys {sorted(obj)})")
+        obj = obj["fea"]
+    if not isinstance(obj, torch.Tensor):
+        raise CacheFileError(f"{path}: expected a tensor or {{'fea': tensor}}, got {type(obj)}")
+    return obj
 
 
 def _load_pth(path: Path) -> np.ndarray:
-    import torch  # lazily: featstore itself never needs torch
+    return _pth_tensor(path, mmap=False).detach().float().numpy()
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict):
-        if "fea" not in obj:
-            raise ValueError(f"{path}: dict without a 'fea' entry (keys {sorted(obj)})")
-        obj = obj["fea"]
-    if not isinstance(obj, torch.Tensor):
-        raise TypeError(f"{path}: expected a tensor or {{'fea': tensor}}, got {type(obj)}")
-    return obj.detach().float().numpy()
+
+def _shape_pth(path: Path) -> tuple[int, ...]:
+    return tuple(_pth_tensor(path, mmap=True).shape)
 
 
 def _import(
     folders: Folders,
     store_dir: str | os.PathLike,
+    origins: Origins,
     suffix: str,
     load: Callable[[Path], np.ndarray],
+    shape_of: Callable[[Path], tuple[int, ...]],
     *,
     view: str = "features",
     manifest: str | os.PathLike | None = None,
     default_split: str = "train",
-    backbone: str = "unknown",
-    input_size: int = 0,
     fps: float = 1.0,
     videos_per_part: int = 1000,
     part_prefix: str = "import",
@@ -77,6 +152,12 @@ def _import(
     dirs = {v: Path(p) for v, p in folders.items()}
     if not dirs:
         raise ValueError("no folders to import")
+    if isinstance(origins, ViewOrigin):
+        origins = {v: origins for v in dirs}
+    _check_origins(dirs, origins)
+    for v, d in dirs.items():
+        if not d.is_dir():
+            raise ValueError(f"view {v!r}: {d} is not a folder")
     files = {v: {p.name[: -len(suffix)]: p for p in d.iterdir() if p.name.endswith(suffix)}
              for v, d in dirs.items()}
     ids = sorted(set().union(*(set(f) for f in files.values())))
@@ -94,9 +175,9 @@ def _import(
             log.warning("%d videos are not in the manifest %s and are skipped, e.g. %s",
                         len(unknown), manifest, unknown[:3])
             ids = [i for i in ids if i in meta]
-    dims = {v: int(load(files[v][ids[0]]).shape[-1]) for v in dirs}
-    views = {v: ViewSpec(dim=dims[v], backbone=backbone, input_size=input_size,
-                         attrs={"imported_from": str(dirs[v].resolve()), "format": suffix[1:]})
+    dims = _check_shapes({v: {i: files[v][i] for i in ids} for v in dirs}, shape_of)
+    views = {v: origins[v].view_spec(dims[v], {"imported_from": str(dirs[v].resolve()),
+                                               "format": suffix[1:]})
              for v in dirs}
     file_attrs = {"fps": float(fps), "timestamps": "synthesised: row index / fps",
                   "source": f"import of per-video {suffix} files", **dict(attrs or {})}
@@ -106,16 +187,47 @@ def _import(
         with StoreWriter(store_dir, part, views, attrs=file_attrs) as w:
             for vid in ids[start: start + videos_per_part]:
                 feats = {v: load(files[v][vid]) for v in dirs}
-                lengths = {a.shape[0] for a in feats.values()}
-                if len(lengths) != 1:
-                    raise ValueError(f"video {vid!r}: views have different frame counts "
-                                     f"{ {v: a.shape for v, a in feats.items()} }")
                 labels, split = meta[vid] if meta is not None else ([], default_split)
-                w.add_video(vid, labels, split, np.arange(lengths.pop()) / fps, feats)
+                length = next(iter(feats.values())).shape[0]
+                w.add_video(vid, labels, split, np.arange(length) / fps, feats)
         written.append(w.path)
     build_catalog(store_dir)
     log.info("imported %d videos into %d parts of %s", len(ids), len(written), store_dir)
     return written
+
+
+def _check_origins(dirs: Mapping[str, Path], origins: Mapping[str, ViewOrigin]) -> None:
+    """Refuse, naming the view, any view whose frames could not be priced by the trainers."""
+    extra = sorted(set(origins) - set(dirs))
+    if extra:
+        raise ValueError(f"backbone or GMACs given for {extra}, which are not imported views "
+                         f"(views: {sorted(dirs)})")
+    for v in dirs:
+        problem = origins.get(v, ViewOrigin()).problem()
+        if problem:
+            raise ValueError(f"view {v!r} {problem}")
+
+
+def _check_shapes(files: Mapping[str, Mapping[str, Path]],
+                  shape_of: Callable[[Path], tuple[int, ...]]) -> dict[str, int]:
+    """Open every file's header once before writing: each is [T, D], D is the same within a
+    view and T the same across views for a video. Returns each view's D."""
+    dims: dict[str, int] = {}
+    lengths: dict[str, tuple[int, Path]] = {}
+    for v, by_id in files.items():
+        for vid, path in by_id.items():
+            shape = shape_of(path)
+            if len(shape) != 2 or shape[0] < 1:
+                raise CacheFileError(f"{path}: expected a [T, D] array with T >= 1, got shape "
+                                     f"{list(shape)}")
+            if dims.setdefault(v, shape[1]) != shape[1]:
+                raise CacheFileError(f"{path}: width {shape[1]}, but other files of view {v!r} "
+                                     f"have {dims[v]}")
+            first = lengths.setdefault(vid, (shape[0], path))
+            if first[0] != shape[0]:
+                raise CacheFileError(f"video {vid!r}: {path} has {shape[0]} frames but "
+                                     f"{first[1]} has {first[0]}")
+    return dims
 
 
 def _read_labels(path: str | os.PathLike, default_split: str) -> dict[str, tuple[list[str], str]]:

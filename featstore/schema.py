@@ -33,6 +33,12 @@ STAGES_GROUP = "stages"
 FEATURE_DTYPE = np.dtype("<f2")
 TIMESTAMP_DTYPE = np.dtype("<f8")
 
+# View attributes of imported views. A view made by a backbone the project cannot measure records
+# `backbone` = UNKNOWN_BACKBONE, `input_size` = 0 and its per-frame cost in GMACs under
+# GMACS_PER_FRAME (given by the user at import); trainers use that figure instead of measuring.
+UNKNOWN_BACKBONE = "unknown"
+GMACS_PER_FRAME = "gmacs_per_frame"
+
 # Attribute values that are not str/int/float/bool are stored as JSON text under `<name>.json`.
 JSON_SUFFIX = ".json"
 

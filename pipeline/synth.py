@@ -45,8 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.encode import extension_for, write_video
-from pipeline.manifest import ManifestRow, rows_to_table, write_manifest
+from pipeline.synth_config import SynthConfig  # defined apart so `c2f synth --help` is light
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +63,6 @@ MUTED = ((120, 110, 100), (90, 100, 110), (140, 130, 120), (100, 90, 80), (110, 
 STRIPE_PERIOD = 2
 STRIPE_AMPLITUDE = 50
 SPLIT_CYCLE = ("train", "val", "test", "train", "train", "train")
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """What to generate. Durations are drawn uniformly per video in [min_duration,
-    max_duration] seconds; width and height must be even and at least 16."""
-
-    videos: int = 24
-    classes: int = 4
-    seed: int = 0
-    width: int = 320
-    height: int = 240
-    fps: float = 10.0
-    min_duration: float = 8.0
-    max_duration: float = 20.0
-    codecs: tuple[str, ...] = ("h264", "vp9", "mjpeg")
-    multi_label_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.videos < 1 or self.classes < 1:
-            raise ValueError("need at least one video and one class")
-        if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
-            raise ValueError("width and height must be even and at least 16")
-        if not 0 < self.min_duration <= self.max_duration:
-            raise ValueError("need 0 < min_duration <= max_duration")
 
 
 @dataclass
@@ -250,7 +224,15 @@ def plan_video(cfg: SynthConfig, index: int, counts: dict[int, int]) -> tuple[li
 
 
 def make_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig) -> list[SynthVideo]:
-    """Write videos under out_dir/videos, plus manifest.parquet, classes.txt and synth.json."""
+    """Write videos under out_dir/videos, plus manifest.parquet, classes.txt and synth.json.
+
+    Every file appears atomically (featstore.atomic). The encoder (PyAV) and the manifest
+    writer (pyarrow) are imported here, so `c2f synth --help` can read SynthConfig cheaply.
+    """
+    from featstore.atomic import publish, write_text
+    from pipeline.encode import extension_for, write_video
+    from pipeline.manifest import ManifestRow, rows_to_table, write_manifest
+
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     counts: dict[int, int] = {}
@@ -265,11 +247,15 @@ def make_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig) -> list[SynthV
         codec = cfg.codecs[i % len(cfg.codecs)]
         video_id = f"synth_{i:04d}"
         path = out / "videos" / f"{video_id}{extension_for(codec)}"
+        # The temporary name keeps the extension, from which the muxer is chosen.
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        write_video(
-            tmp, render_frames(cfg, i, classes, n_frames, segments), codec=codec, fps=cfg.fps
-        )
-        os.replace(tmp, path)
+        try:
+            write_video(tmp, render_frames(cfg, i, classes, n_frames, segments), codec=codec,
+                        fps=cfg.fps)
+            publish(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         videos.append(
             SynthVideo(
                 video_id=video_id,
@@ -286,10 +272,8 @@ def make_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig) -> list[SynthV
     rows = [ManifestRow(v.video_id, v.path, v.labels, v.split, v.duration) for v in videos]
     write_manifest(rows_to_table(rows), out / "manifest.parquet")
     names = [class_name(c) for c in range(cfg.classes)]
-    (out / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    write_text(out / "classes.txt", "".join(n + "\n" for n in names))
     meta = {"config": asdict(cfg), "classes": names, "videos": [asdict(v) for v in videos]}
-    tmp_meta = out / f".synth.json.tmp-{os.getpid()}"
-    tmp_meta.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp_meta, out / "synth.json")
+    write_text(out / "synth.json", json.dumps(meta, indent=1))
     log.info("wrote %d synthetic videos (%d classes) to %s", len(videos), cfg.classes, out)
     return videos

@@ -29,15 +29,6 @@ LADDER = ("r50_224", "r34_168", "r18_112", "mbv2_84")
 CLASSES = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small LSTM steps run ~10x faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def info() -> StoreInfo:
     """The synthetic store's ladder views with their measured per-frame costs."""

@@ -22,15 +22,6 @@ from backbones import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs: thread start-up and contention on shared cores cost more than the math."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _meta(name: str, num_classes: int = 1000):
     with torch.device("meta"):
         return build_backbone(name, num_classes)

@@ -14,15 +14,6 @@ from trainers.method import TrainState
 from trainers.train import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on threads fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     from trainers.synthetic import make_synthetic_store

@@ -25,15 +25,6 @@ from trainers.train import evaluate, load_run, train
 VIEWS = ["r18_112", "r34_168", "fine"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run faster on one thread than on 2 shared, oversubscribed ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_info(classes: int = 4) -> StoreInfo:
     views = {
         "coarse": ViewInfo("coarse", 6, "mobilenet_v2", 112, 0.1, {}, {}),

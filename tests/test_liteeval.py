@@ -29,15 +29,6 @@ from trainers.train import load_run, train
 EPOCHS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small recurrent models run faster on one thread than on 2 shared, oversubscribed ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_info(dc: int = 6, df: int = 8, classes: int = 3) -> StoreInfo:
     views = {
         "coarse": ViewInfo("coarse", dc, "mobilenet_v2", 112, 0.1, {}, {}),

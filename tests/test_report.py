@@ -3,21 +3,11 @@
 import json
 
 import pytest
-import torch
 
 from trainers.config import resolve_config
 from trainers.report import load_result, make_report, pick_videos, summary_table
 from trainers.synthetic import make_synthetic_store
 from trainers.train import train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on threads fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

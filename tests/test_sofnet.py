@@ -26,15 +26,6 @@ STAGES = tuple(FINE_STAGES)
 SMALL = {"hidden": 16, "embed": 16, "mlp_hidden": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small LSTM steps run ~10x faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def info() -> StoreInfo:
     """The synthetic store's fine view (resnet101@224) with measured cumulative stage costs."""

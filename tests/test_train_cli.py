@@ -5,18 +5,8 @@ import csv
 import json
 
 import pytest
-import torch
 
 from cluster.cli import build_parser, main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on threads fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,6 @@ from trainers.synthetic import VIEWS, load_truth, make_synthetic_store
 from trainers.train import stage_plan, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on threads fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_synthetic_store(tmp_path_factory.mktemp("syn") / "store", videos=64,

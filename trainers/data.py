@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from backbones.flops import view_cost
+from featstore.schema import GMACS_PER_FRAME, UNKNOWN_BACKBONE
 from trainers.method import Batch
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,18 @@ def store_info(store) -> StoreInfo:
     for name in store.views:
         attrs = store.view_attrs(name)
         backbone, size = str(attrs["backbone"]), int(attrs["input_size"])
-        cost = view_cost(backbone, size)
+        given = attrs.get(GMACS_PER_FRAME)  # imports of networks not in backbones/
+        if given is None and backbone == UNKNOWN_BACKBONE:
+            raise ValueError(f"view {name!r} names no backbone and no per-frame cost; re-import "
+                             f"it with --backbone {name}=NAME@SIZE or --gmacs {name}=X")
+        cost = view_cost(backbone, size) if given is None else None
         stage_names = list(store.stage_names(name))
         stage_dims: dict[str, int] = {}
         if stage_names and first_ids:
             stages = store.read_stages(first_ids[0], name)
             stage_dims = {s: int(stages[s].shape[-1]) for s in stage_names}
-        missing = [s for s in stage_names if s not in cost.stage_gmacs]
+        measured_stages = cost.stage_gmacs if cost else {}
+        missing = [s for s in stage_names if s not in measured_stages]
         if missing:
             raise ValueError(
                 f"view {name!r}: stages {missing} have no measured cost for {backbone}@{size}"
@@ -70,8 +76,8 @@ def store_info(store) -> StoreInfo:
             dim=int(attrs["dim"]),
             backbone=backbone,
             input_size=size,
-            gmacs_per_frame=float(cost.gmacs),
-            stage_gmacs={s: float(cost.stage_gmacs[s]) for s in stage_names},
+            gmacs_per_frame=float(cost.gmacs if cost else given),
+            stage_gmacs={s: float(measured_stages[s]) for s in stage_names},
             stage_dims=stage_dims,
         )
     classes = list(store.classes)

@@ -27,4 +27,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
 
-    return run_demo(args.out, videos=args.videos, classes=args.classes, epochs=args.epochs)
+    return run_demo(args.run_c2f, args.out, videos=args.videos, classes=args.classes,
+                    epochs=args.epochs)

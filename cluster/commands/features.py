@@ -2,7 +2,8 @@
 
 Handlers parse arguments, call pipeline.extract / pipeline.build / featstore, run plans with
 cluster.executor, and turn outcomes into exit codes: 0 done, 1 some work failed or problems
-were found (finished outputs are kept; re-run to resume), 2 bad input before any work.
+were found (finished outputs are kept; re-run to resume), 2 bad input before any work (the
+library's error propagates; cluster.cli.main prints it) or a damaged input shard.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cluster.commands.running import add_run_args, run_with_progress
+from cluster.commands.options import (
+    add_extraction_args,
+    add_shard_args,
+    extract_options,
+    pairs,
+    shard_settings,
+)
+from cluster.commands.running import run_with_progress
 
-EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
-
-VIEW_HELP = ("NAME=BACKBONE@SIZE, repeatable, e.g. --view coarse=mobilenet_v2@112 --view "
-             "fine=resnet101@224. Frames are resized to short side round(SIZE/0.875) (256 for "
-             "224), centre-cropped to SIZE and ImageNet-normalised; all recorded in the store.")
+EXIT_OK, EXIT_PARTIAL = 0, 1  # bad input: raise, and cluster.cli.main exits 2
+REBUILD_FOR_EXTRACT = ("delete it, re-run `c2f shards` with the flags that made the shards (it "
+                       "writes only missing shards), then re-run this command")
+REBUILD_FOR_BUILD = "delete it and re-run this command (it writes only missing shards)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,47 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_extract(sub)
     _register_build(sub)
     _register_featstore(sub)
-
-
-def _add_extraction_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--view", action="append", required=True, metavar="NAME=BACKBONE@SIZE",
-                   help=VIEW_HELP)
-    p.add_argument("--weights", action="append", default=[], metavar="VIEW=PATH",
-                   help="torchvision-layout checkpoint for a view (repeatable). Views without "
-                   "one use RANDOM-INIT weights (seeded, identical in every worker): fine for "
-                   "tests, meaningless for recognition")
-    p.add_argument("--stages", action="append", default=[], metavar="VIEW",
-                   help="also store the pooled output of every backbone stage of VIEW "
-                   "(res1..res5 for ResNets; needed by SoF-Net)")
-    p.add_argument("--logits", action="store_true",
-                   help="also store each view's classifier logits per frame")
-    p.add_argument("--batch-size", type=int, default=64, help="frames per forward (%(default)s)")
-    p.add_argument("--dtype", choices=("float32", "bf16", "fp16"), default="float32",
-                   help="inference precision; bf16/fp16 autocast needs --device cuda; stored "
-                   "features are float16 in every case (%(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where the backbones run (%(default)s)")
-    p.add_argument("--jpeg-decoder", choices=("auto", "pillow", "dali"), default="auto",
-                   help="who decodes the shards' JPEGs. auto: DALI's nvJPEG on the GPU with "
-                   "--device cuda, Pillow on CPU (measured faster there than DALI's CPU "
-                   "decoder); dali: DALI on the GPU with --device cuda, DALI's CPU decoder "
-                   "otherwise; pillow: always Pillow. Recorded per view in the store "
-                   "(%(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads per shard task; 0 keeps torch's default (under Ray: "
-                   "--cpus-per-task). Set it to the cores a task really has: oversubscribed "
-                   "threads slow CPU inference down many times")
-    add_run_args(p)
-
-
-def _pairs(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not (eq and key and value):
-            raise ValueError(f"bad {what} {item!r}: expected VIEW=VALUE")
-        out[key] = value
-    return out
 
 
 def _warn_random_init(plans: list) -> None:
@@ -91,31 +57,22 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shards", required=True, help="folder of shard-*.tar files (or s3://…)")
     p.add_argument("--out", required=True, help="feature store folder (or s3://…)")
-    _add_extraction_args(p)
+    add_extraction_args(p)
     p.set_defaults(handler=_extract)
-
-
-def _extract_options(args: argparse.Namespace):
-    """The extraction flags `c2f extract` and `c2f build` share, as one ExtractOptions."""
-    from pipeline.extract import ExtractOptions
-
-    return ExtractOptions(
-        weights=_pairs(args.weights, "--weights"), stages=tuple(args.stages or ()),
-        logits=args.logits, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        threads=args.threads, jpeg_decoder=args.jpeg_decoder)
 
 
 def _extract(args: argparse.Namespace) -> int:
     from pipeline.extract import extract_shard, finalize_store, plan_extraction
 
     try:
-        plans = plan_extraction(args.shards, args.out, args.view, _extract_options(args))
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"c2f extract: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        plans = plan_extraction(args.shards, args.out, args.view, extract_options(args))
+    except RuntimeError as exc:  # --device cuda where torch sees no GPU: the flag is wrong
+        raise ValueError(str(exc)) from exc
     _warn_random_init(plans)
-    if not run_with_progress(extract_shard, plans, args, None, "extract"):
-        return EXIT_PARTIAL
+    code = run_with_progress(extract_shard, plans, args, None, "extract",
+                             input_shard=lambda plan: plan.shard, rebuild=REBUILD_FOR_EXTRACT)
+    if code != EXIT_OK:
+        return code
     print(json.dumps(finalize_store(args.out, plans), indent=1))
     return EXIT_OK
 
@@ -124,8 +81,6 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _register_build(sub: argparse._SubParsersAction) -> None:
-    from pipeline.types import SAMPLING_MODES
-
     p = sub.add_parser(
         "build",
         help="manifest -> shards -> feature store, one pass per shard",
@@ -136,21 +91,8 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, type=Path, help="manifest Parquet file")
     p.add_argument("--shards-out", required=True, type=Path, help="output folder for shards")
     p.add_argument("--out", required=True, type=Path, help="feature store folder")
-    rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--fps", type=float, help="sample this many frames per second (default 1)")
-    rate.add_argument("--frames", type=int, help="sample this many frames uniformly per video")
-    p.add_argument("--sampling", choices=SAMPLING_MODES, default="exact",
-                   help="exact: the frame shown at each target time; keyframe: nearest "
-                   "keyframes only (%(default)s)")
-    p.add_argument("--backend", choices=("auto", "pyav", "dali"), default="auto",
-                   help="video decoder (%(default)s)")
-    p.add_argument("--short-side", type=int, default=256,
-                   help="stored frames' short side (%(default)s); must be >= each view's resize")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (%(default)s)")
-    p.add_argument("--videos-per-shard", type=int, default=64, help="(%(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds allowed to decode one video (%(default)s)")
-    _add_extraction_args(p)
+    add_shard_args(p)
+    add_extraction_args(p)
     p.set_defaults(handler=_build)
 
 
@@ -158,25 +100,20 @@ def _build(args: argparse.Namespace) -> int:
     from pipeline import manifest as mf
     from pipeline.build import build_shard, plan_build
     from pipeline.extract import finalize_store
-    from pipeline.shards import IncompleteShardsError, ShardSettingsError, finalize
-    from pipeline.types import FrameFormat, SamplingPlan
+    from pipeline.shards import IncompleteShardsError, finalize
 
+    table = mf.read_manifest(args.manifest)
     try:
-        table = mf.read_manifest(args.manifest)
-        sampling = SamplingPlan(fps=None if args.frames is not None else (args.fps or 1.0),
-                                frames=args.frames, mode=args.sampling)
-        plans = plan_build(
-            table, args.shards_out, args.out, args.view, sampling=sampling,
-            fmt=FrameFormat(args.short_side, None, args.jpeg_quality), backend=args.backend,
-            videos_per_shard=args.videos_per_shard, timeout_s=args.timeout,
-            extract=_extract_options(args))
-    except (mf.ManifestError, ShardSettingsError, ValueError, OSError, RuntimeError) as exc:
-        print(f"c2f build: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        plans = plan_build(table, args.shards_out, args.out, args.view,
+                           extract=extract_options(args), **shard_settings(args))
+    except RuntimeError as exc:  # --device cuda where torch sees no GPU: the flag is wrong
+        raise ValueError(str(exc)) from exc
     _warn_random_init(plans)
-    ok = run_with_progress(build_shard, plans, args, table.num_rows, "build")
-    if not ok:
-        return EXIT_PARTIAL
+    code = run_with_progress(build_shard, plans, args, table.num_rows, "build",
+                             input_shard=lambda plan: plan.extract.shard,
+                             rebuild=REBUILD_FOR_BUILD)
+    if code != EXIT_OK:
+        return code
     try:
         shards = finalize(args.shards_out)
     except IncompleteShardsError as exc:
@@ -221,19 +158,30 @@ def _register_featstore(sub: argparse._SubParsersAction) -> None:
     q = cmds.add_parser(
         "import", help="convert per-video .npy or LiteEval .pth feature caches into a store",
         description="Import folders of <video>.npy arrays [T, D] or <video>.pth files holding "
-        "{'fea': tensor[T, D]} (LiteEval). Give one folder per view with --from VIEW=DIR. "
-        "Labels and splits come from --manifest (parquet, or CSV with columns video_id, labels "
-        "separated by ';', split); without it videos are unlabelled and in --default-split. "
-        "Row i gets timestamp i / --fps.")
+        "{'fea': tensor[T, D]} (LiteEval). Give one folder per view with --from VIEW=DIR, and "
+        "say what made each view so trainers can report GFLOPs: --backbone VIEW=NAME@SIZE for "
+        "a backbone `c2f flops` knows (its cost is measured), or --gmacs VIEW=X for any other "
+        "network (X GMACs per frame, recorded as the view attribute gmacs_per_frame). A view "
+        "with neither is refused before anything is written. Labels and splits come from "
+        "--manifest (parquet, or CSV with columns video_id, labels separated by ';', split); "
+        "without it videos are unlabelled and in --default-split. Row i gets timestamp i / "
+        "--fps.",
+        epilog="example (LiteEval's FCVID cache): c2f featstore import --format pth "
+        "--from coarse=fea/mbv2 --from fine=fea/r101 --backbone coarse=mobilenet_v2@112 "
+        "--backbone fine=resnet101@224 --manifest labels.csv --out store")
     q.add_argument("--format", choices=("npy", "pth"), required=True, help="cache file type")
     q.add_argument("--from", dest="sources", action="append", required=True,
                    metavar="VIEW=DIR", help="view name and folder of cache files (repeatable)")
     q.add_argument("--out", required=True, type=Path, help="feature store folder to create")
+    q.add_argument("--backbone", action="append", default=[], metavar="VIEW=NAME@SIZE",
+                   help="backbone and input size that made VIEW's features, e.g. "
+                   "fine=resnet101@224 (repeatable, one per view)")
+    q.add_argument("--gmacs", action="append", default=[], metavar="VIEW=X",
+                   help="per-frame cost in GMACs of a network not in `c2f flops`, e.g. "
+                   "fine=4.1 (repeatable, one per view)")
     q.add_argument("--manifest", type=Path, help="labels/splits table (parquet or CSV)")
     q.add_argument("--default-split", default="train", help="split without a manifest "
                    "(%(default)s)")
-    q.add_argument("--backbone", default="unknown", help="backbone that made the features")
-    q.add_argument("--input-size", type=int, default=0, help="its input size in pixels")
     q.add_argument("--fps", type=float, default=1.0,
                    help="rate the cached frames were sampled at (%(default)s, LiteEval)")
     q.add_argument("--videos-per-part", type=int, default=1000, help="(%(default)s)")
@@ -241,14 +189,10 @@ def _register_featstore(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from featstore import StoreError, open_store
+    from featstore import open_store
 
-    try:
-        s = open_store(args.store)
-        views = {v: s.view_attrs(v) for v in s.views}
-    except StoreError as exc:
-        print(f"c2f featstore info: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    s = open_store(args.store)
+    views = {v: s.view_attrs(v) for v in s.views}
     lengths = s.catalog.column("length").to_pylist()
     info = {
         "store": str(args.store), "parts": len(s.parts()), "videos": len(s),
@@ -298,17 +242,56 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _import(args: argparse.Namespace) -> int:
-    from featstore import StoreError, import_npy, import_pth
+def view_origins(sources: dict[str, str], backbones: list[str],
+                 gmacs: list[str]) -> dict:
+    """{view: ViewOrigin} from `--backbone VIEW=NAME@SIZE` and `--gmacs VIEW=X`, each checked
+    against the backbone table (and measured) before anything is written; raises ValueError
+    naming the bad value."""
+    from backbones.build import CLIP_BACKBONES
+    from backbones.flops import parse_entry, view_cost
+    from featstore.importers import ViewOrigin
 
-    try:
-        folders = _pairs(args.sources, "--from")
-        fn = import_npy if args.format == "npy" else import_pth
-        parts = fn(folders, args.out, manifest=args.manifest, default_split=args.default_split,
-                   backbone=args.backbone, input_size=args.input_size, fps=args.fps,
-                   videos_per_part=args.videos_per_part)
-    except (ValueError, TypeError, OSError, StoreError) as exc:
-        print(f"c2f featstore import: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    given_backbones = pairs(backbones, "--backbone")
+    given_gmacs = pairs(gmacs, "--gmacs")
+    for flag, given in (("--backbone", given_backbones), ("--gmacs", given_gmacs)):
+        unknown = sorted(set(given) - set(sources))
+        if unknown:
+            raise ValueError(f"{flag} {unknown[0]}=...: no view {unknown[0]!r} is imported "
+                             f"(--from views: {', '.join(sorted(sources))})")
+    origins = {}
+    for view in sources:
+        if view in given_backbones:
+            entry = given_backbones[view]
+            try:
+                name, size, frames = parse_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"--backbone {view}={entry}: {exc}") from None
+            if frames != 1 or name in CLIP_BACKBONES:
+                raise ValueError(f"--backbone {view}={entry}: imported features are per frame; "
+                                 f"{name} is a clip backbone (give --gmacs {view}=X instead)")
+            cost = view_cost(name, size)
+            print(f"view {view}: {name}@{size}, {cost.gmacs:.3f} GMACs/frame measured, "
+                  f"feature dim {cost.feature_dim}")
+            origins[view] = ViewOrigin(backbone=name, input_size=size)
+        if view in given_gmacs:
+            text = given_gmacs[view]
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"--gmacs {view}={text}: not a number") from None
+            origins[view] = ViewOrigin(backbone=origins.get(view, ViewOrigin()).backbone,
+                                       gmacs=value)
+    return origins
+
+
+def _import(args: argparse.Namespace) -> int:
+    from featstore.importers import import_npy, import_pth
+
+    folders = pairs(args.sources, "--from")
+    origins = view_origins(folders, args.backbone, args.gmacs)
+    fn = import_npy if args.format == "npy" else import_pth
+    parts = fn(folders, args.out, origins, manifest=args.manifest,
+               default_split=args.default_split, fps=args.fps,
+               videos_per_part=args.videos_per_part)
     print(f"wrote {len(parts)} part(s) and {args.out / 'catalog.parquet'}")
     return EXIT_OK

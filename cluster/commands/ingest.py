@@ -1,7 +1,9 @@
 """`c2f manifest`, `c2f synth` and `c2f shards`: from video files to WebDataset shards.
 
 Handlers only parse arguments, call the library (pipeline.manifest, pipeline.synth,
-pipeline.shards, cluster.executor) and turn outcomes into exit codes.
+pipeline.shards, cluster.executor) and turn outcomes into exit codes (bad input: the
+library's error propagates and cluster.cli.main prints it, exit 2); the library is imported
+inside them, so `c2f --help` loads neither pyarrow nor PyAV.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from cluster.commands.options import (
+    ACTIVITYNET_SUBSETS,
+    VIDEO_CODECS,
+    add_shard_args,
+    shard_settings,
+)
 from cluster.commands.running import add_run_args, run_with_progress
-from pipeline import manifest as mf
-from pipeline.encode import CODECS
-from pipeline.types import SAMPLING_MODES, FrameFormat, SamplingPlan
 
-EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL = 0, 1  # bad input: raise, and cluster.cli.main exits 2
 
 MANIFEST_EPILOG = """\
 Every builder writes one Parquet table with columns video_id (string), path (string, absolute),
@@ -87,7 +92,7 @@ def _register_manifest(sub: argparse._SubParsersAction) -> None:
                 "training/validation/testing to train/val/test.")
     p.add_argument("input", type=Path, help="ActivityNet JSON (e.g. activity_net.v1-3.min.json)")
     p.add_argument("--videos", required=True, type=Path, help="folder holding the videos")
-    p.add_argument("--subset", action="append", choices=sorted(mf.ACTIVITYNET_SPLITS),
+    p.add_argument("--subset", action="append", choices=ACTIVITYNET_SUBSETS,
                    help="keep only this ActivityNet subset (repeatable; default all)")
 
     p = builder("fcvid", "from the FCVID release's list and label files",
@@ -112,7 +117,9 @@ def _register_manifest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_manifest_check)
 
 
-def _rows_for(args: argparse.Namespace) -> list[mf.ManifestRow]:
+def _rows_for(args: argparse.Namespace) -> list:
+    from pipeline import manifest as mf
+
     if args.source == "csv":
         return mf.rows_from_csv(args.input, args.root, args.default_split)
     if args.source == "jsonl":
@@ -132,13 +139,11 @@ def _describe_table(table) -> str:
 
 
 def _manifest_build(args: argparse.Namespace) -> int:
-    try:
-        classes = mf.read_class_list(args.classes) if args.classes else None
-        rows = _rows_for(args)
-        table, report = mf.build_table(rows, classes=classes, strict=args.strict)
-    except (mf.ManifestError, OSError) as exc:
-        print(f"c2f manifest: refused: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    from pipeline import manifest as mf
+
+    classes = mf.read_class_list(args.classes) if args.classes else None
+    rows = _rows_for(args)
+    table, report = mf.build_table(rows, classes=classes, strict=args.strict)
     mf.write_manifest(table, args.out)
     print(f"wrote {args.out}: {_describe_table(table)}")
     for line in report.lines():
@@ -147,12 +152,10 @@ def _manifest_build(args: argparse.Namespace) -> int:
 
 
 def _manifest_check(args: argparse.Namespace) -> int:
-    try:
-        table = mf.read_manifest(args.input)
-        classes = mf.read_class_list(args.classes) if args.classes else None
-    except (mf.ManifestError, OSError) as exc:
-        print(f"c2f manifest check: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    from pipeline import manifest as mf
+
+    table = mf.read_manifest(args.input)
+    classes = mf.read_class_list(args.classes) if args.classes else None
     rows = [mf.ManifestRow(**r) for r in table.to_pylist()]
     report = mf.validate(rows, classes)
     print(f"{args.input}: {_describe_table(table)}")
@@ -165,7 +168,7 @@ def _manifest_check(args: argparse.Namespace) -> int:
 
 
 def _register_synth(sub: argparse._SubParsersAction) -> None:
-    from pipeline.synth import SynthConfig
+    from pipeline.synth_config import SynthConfig
 
     d = SynthConfig()
     p = sub.add_parser(
@@ -189,7 +192,7 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-duration", type=float, default=d.max_duration,
                    help="longest video in seconds (%(default)s)")
     p.add_argument("--codecs", default=",".join(d.codecs),
-                   help=f"comma-separated codecs to rotate, from {', '.join(CODECS)} "
+                   help=f"comma-separated codecs to rotate, from {', '.join(VIDEO_CODECS)} "
                    "(%(default)s)")
     p.add_argument("--multi-label-fraction", type=float, default=d.multi_label_fraction,
                    help="fraction of videos that also show a second class (%(default)s)")
@@ -200,19 +203,16 @@ def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import SynthConfig, make_synthetic_dataset
 
     codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
-    unknown = [c for c in codecs if c not in CODECS]
-    try:
-        if unknown:
-            raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from {list(CODECS)}")
-        cfg = SynthConfig(
-            videos=args.videos, classes=args.classes, seed=args.seed, width=args.width,
-            height=args.height, fps=args.fps, min_duration=args.min_duration,
-            max_duration=args.max_duration, codecs=codecs,
-            multi_label_fraction=args.multi_label_fraction,
-        )
-    except ValueError as exc:
-        print(f"c2f synth: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    unknown = [c for c in codecs if c not in VIDEO_CODECS]
+    if unknown:
+        raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from "
+                         f"{list(VIDEO_CODECS)}")
+    cfg = SynthConfig(
+        videos=args.videos, classes=args.classes, seed=args.seed, width=args.width,
+        height=args.height, fps=args.fps, min_duration=args.min_duration,
+        max_duration=args.max_duration, codecs=codecs,
+        multi_label_fraction=args.multi_label_fraction,
+    )
     videos = make_synthetic_dataset(args.out, cfg)
     seconds = sum(v.duration for v in videos)
     print(f"wrote {len(videos)} videos ({seconds:.0f} s of video, {cfg.classes} classes) and "
@@ -236,58 +236,20 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", required=True, help="manifest Parquet file (path or s3://…)")
     p.add_argument("--out", required=True, help="output folder for the shards (path or s3://…)")
-    rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--fps", type=float, help="sample this many frames per second (default 1)")
-    rate.add_argument("--frames", type=int, help="sample this many frames uniformly per video")
-    p.add_argument("--sampling", choices=SAMPLING_MODES, default="exact",
-                   help="exact: the frame shown at each target time; keyframe: nearest "
-                   "keyframes only, decoding nothing else (%(default)s)")
-    p.add_argument("--backend", choices=("auto", "pyav", "dali"), default="auto",
-                   help="decoder (%(default)s: DALI on GPU, else the faster CPU decoder)")
-    p.add_argument("--short-side", type=int, default=256,
-                   help="resize frames to this short side, aspect kept (%(default)s)")
-    p.add_argument("--center-crop", type=int, help="then crop the centre to N x N")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (%(default)s)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--videos-per-shard", type=int, default=64,
-                      help="videos per shard (%(default)s)")
-    size.add_argument("--target-bytes", type=int,
-                      help="pack shards to about this many bytes instead (estimated from "
-                      "duration, sampling and frame size)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds allowed to decode one video before it is recorded as failed "
-                   "(%(default)s)")
+    add_shard_args(p)
     add_run_args(p)
     p.set_defaults(handler=_shards)
 
 
 def _shards(args: argparse.Namespace) -> int:
-    from pipeline.shards import (
-        IncompleteShardsError,
-        ShardSettingsError,
-        finalize,
-        plan_shards,
-        write_shard,
-    )
+    from pipeline import manifest as mf
+    from pipeline.shards import IncompleteShardsError, finalize, plan_shards, write_shard
 
-    try:
-        table = mf.read_manifest(args.manifest)
-        sampling = SamplingPlan(
-            fps=None if args.frames is not None else (args.fps or 1.0),
-            frames=args.frames,
-            mode=args.sampling,
-        )
-        fmt = FrameFormat(args.short_side, args.center_crop, args.jpeg_quality)
-        plans = plan_shards(
-            table, args.out, sampling=sampling, fmt=fmt, backend=args.backend,
-            videos_per_shard=args.videos_per_shard, target_bytes=args.target_bytes,
-            timeout_s=args.timeout,
-        )
-    except (mf.ManifestError, ShardSettingsError, ValueError) as exc:
-        print(f"c2f shards: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if not run_with_progress(write_shard, plans, args, table.num_rows, "shards"):
-        return EXIT_PARTIAL
+    table = mf.read_manifest(args.manifest)
+    plans = plan_shards(table, args.out, **shard_settings(args))
+    code = run_with_progress(write_shard, plans, args, table.num_rows, "shards")
+    if code != EXIT_OK:
+        return code
     try:
         summary = finalize(args.out)
     except IncompleteShardsError as exc:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cluster.submit import follow_job, submit_command
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `submit` to the top-level parser."""
@@ -32,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from cluster.submit import follow_job, submit_command
+
     command = list(args.job_command)
     if command and command[0] == "--":
         command = command[1:]

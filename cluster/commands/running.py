@@ -1,30 +1,41 @@
 """What every plan-running command shares (`c2f shards`, `extract`, `build`): where it runs
-(--mode / --address / --cpus-per-task) and running its plans with progress shown."""
+(--mode / --address / --cpus-per-task), running its plans with progress shown, and saying
+what helps when some fail (a re-run, or rebuilding a damaged shard)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from cluster.executor import MODES, RunError, run_plans
 from cluster.progress import Progress
 
+EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """--mode, --address and --cpus-per-task, with the same meaning in every command."""
-    p.add_argument("--mode", choices=MODES, default="local",
+    g = p.add_argument_group("where it runs")
+    g.add_argument("--mode", choices=MODES, default="local",
                    help="local: embedded Ray on this machine; inprocess: no Ray; cluster: join "
                    "--address or RAY_ADDRESS (use inside `c2f submit`) (%(default)s)")
-    p.add_argument("--address", help="Ray address (HOST:PORT or ray://...); implies --mode cluster")
-    p.add_argument("--cpus-per-task", type=float, default=1.0,
+    g.add_argument("--address", help="Ray address (HOST:PORT or ray://...); implies --mode cluster")
+    g.add_argument("--cpus-per-task", type=float, default=1.0,
                    help="CPUs Ray reserves per shard task (%(default)s)")
 
 
 def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
-                      total_videos: int | None, name: str) -> bool:
-    """Run every plan where args say, showing progress; False (after saying which plans failed
-    and that a re-run finishes them) if any plan failed — the finished outputs are kept."""
+                      total_videos: int | None, name: str,
+                      input_shard: Callable[[Any], str] | None = None,
+                      rebuild: str = "") -> int:
+    """Run every plan where args say, showing progress, and return the exit code: 0 all done;
+    when plans failed (the finished outputs are kept), say which and what helps: 2 when a plan
+    read a shard (`input_shard(plan)` gives its path) whose tar cannot be read to the end, which
+    must be rebuilt (`rebuild` says how) since a re-run would read the same bytes; else 1, and
+    a re-run finishes them."""
     progress = Progress(len(plans), total_videos=total_videos, unit="shards")
     mode = args.mode if args.address is None or args.mode != "local" else "cluster"
     try:
@@ -32,8 +43,36 @@ def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
                   on_result=progress.update)
     except RunError as exc:
         progress.close()
-        print(f"c2f {name}: {exc}\nre-run the same command to finish the failed shards "
-              "(finished ones are kept and skipped)", file=sys.stderr)
-        return False
+        print(f"c2f {name}: {exc}", file=sys.stderr)
+        damaged = {}
+        if input_shard is not None:
+            for failure in exc.failures:
+                path = input_shard(failure.plan)
+                why = shard_damage(path)
+                if why is not None:
+                    damaged[path] = why
+        for path, why in damaged.items():
+            print(f"c2f {name}: shard {path} is damaged ({why}); re-running cannot repair it, "
+                  f"it must be rebuilt: {rebuild}", file=sys.stderr)
+        if len(damaged) < len(exc.failures):
+            print(f"c2f {name}: re-run the same command to finish the failed shards (finished "
+                  "ones are kept and skipped)", file=sys.stderr)
+        return EXIT_BAD_INPUT if damaged else EXIT_PARTIAL
     progress.close()
-    return True
+    return EXIT_OK
+
+
+def shard_damage(path: str | Path) -> str | None:
+    """Why the shard tar at `path` cannot be read to its end (truncated, corrupt, missing), or
+    None when every member reads. Reads the whole file: meant for shards that already failed."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                data = tar.extractfile(member) if member.isfile() else None
+                while data is not None and data.read(1 << 20):
+                    pass
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return str(exc) or type(exc).__name__
+    return None

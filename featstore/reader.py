@@ -4,12 +4,19 @@ Part files are opened on first use by the process that reads them. The store rem
 that opened its handles; after a fork (DataLoader workers) the child sees a different pid and
 opens its own handles, so no h5py handle is ever shared across processes. Pickling drops the
 handles too (spawn-started workers).
+
+At most `max_open` parts are open at once per process (least recently used closed first): a
+shuffled epoch over FCVID's 1,426 parts would otherwise exceed the usual 1024 open-file limit.
+One lock serialises opening, evicting and reading, so a prefetch thread and the caller can
+share a store (h5py holds its own global lock during reads anyway).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,16 +35,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_OPEN = 128  # parts open at once per process; well under the common 1024 fd limit
 
-def open_store(store_dir: str | os.PathLike) -> Store:
-    """Open a store for reading. Only the catalog is read now; parts open on first read."""
-    return Store(store_dir)
+
+def open_store(store_dir: str | os.PathLike, max_open: int = DEFAULT_MAX_OPEN) -> Store:
+    """Open a store for reading. Only the catalog is read now; parts open on first read.
+
+    max_open: parts kept open at once in each process (least recently used closed first).
+    """
+    return Store(store_dir, max_open=max_open)
 
 
 class Store:
     """Read-only view of a store directory (STORE/parts/*.h5 + STORE/catalog.parquet)."""
 
-    def __init__(self, store_dir: str | os.PathLike) -> None:
+    def __init__(self, store_dir: str | os.PathLike, max_open: int = DEFAULT_MAX_OPEN) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open = max_open
         self.path = Path(store_dir)
         if not self.path.is_dir():
             raise StoreError(f"no feature store at {self.path}")
@@ -54,7 +69,8 @@ class Store:
             raise StoreError(f"{self.path / S.CATALOG}: duplicate video ids")
         self._loc = [(p, int(o), int(n)) for p, o, n in zip(parts, offsets, lengths)]
         self._pid = os.getpid()
-        self._files: dict[str, h5py.File] = {}
+        self._lock = threading.RLock()
+        self._files: OrderedDict[str, h5py.File] = OrderedDict()
         self._dsets: dict[tuple[str, str], h5py.Dataset] = {}
         self._meta: dict[str, Any] | None = None
 
@@ -73,21 +89,40 @@ class Store:
     # ---- handles, per process -------------------------------------------------------------
 
     def _file(self, part: str) -> h5py.File:
-        if os.getpid() != self._pid:
-            # Forked child: the parent's handles are not ours to use (or close).
-            self._files, self._dsets, self._pid = {}, {}, os.getpid()
+        """The open handle of `part` in this process (opened now if needed, LRU-bounded)."""
+        self._adopt_after_fork()
         f = self._files.get(part)
-        if f is None:
-            path = self.path / S.PARTS_DIR / (part + S.PART_SUFFIX)
-            try:
-                f = open_part(path)
-            except (OSError, ValueError) as e:
-                raise StoreError(f"part {part}: cannot open {path}: {e}") from e
-            if not bool(f.attrs.get("complete", False)):
-                f.close()
-                raise StoreError(f"part {part}: not marked complete ({path})")
-            self._files[part] = f
+        if f is not None:
+            self._files.move_to_end(part)
+            return f
+        while len(self._files) >= self.max_open:
+            self._evict_oldest()
+        path = self.path / S.PARTS_DIR / (part + S.PART_SUFFIX)
+        try:
+            f = open_part(path)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"part {part}: cannot open {path}: {e}") from e
+        if not bool(f.attrs.get("complete", False)):
+            f.close()
+            raise StoreError(f"part {part}: not marked complete ({path})")
+        self._files[part] = f
         return f
+
+    def _adopt_after_fork(self) -> None:
+        if os.getpid() != self._pid:
+            # Forked child: the parent's handles (and lock state) are not ours to use or close.
+            self._files, self._dsets, self._pid = OrderedDict(), {}, os.getpid()
+            self._lock = threading.RLock()
+
+    def _evict_oldest(self) -> None:
+        part, f = self._files.popitem(last=False)
+        for key in [k for k in self._dsets if k[0] == part]:
+            del self._dsets[key]
+        f.close()
+
+    def open_parts(self) -> int:
+        """How many part files this process holds open now (at most `max_open`)."""
+        return len(self._files) if os.getpid() == self._pid else 0
 
     def _dataset(self, part: str, path: str) -> h5py.Dataset:
         f = self._file(part)
@@ -105,15 +140,17 @@ class Store:
             part, off, n = self._loc[self._row[video_id]]
         except KeyError:
             raise KeyError(f"video {video_id!r} is not in the store {self.path}") from None
-        d = self._dataset(part, path)
-        if off < 0 or off + n > d.shape[0]:
-            raise StoreError(f"part {part}: video {video_id!r} rows {off}:{off + n} lie outside "
-                             f"{path} ({d.shape[0]} rows); catalog and part disagree")
-        try:
-            return _read_rows(d, off, n)
-        except (OSError, ValueError) as e:
-            raise StoreError(f"part {part}: reading {path} rows {off}:{off + n} for video "
-                             f"{video_id!r} failed (corrupt part?): {e}") from e
+        self._adopt_after_fork()
+        with self._lock:
+            d = self._dataset(part, path)
+            if off < 0 or off + n > d.shape[0]:
+                raise StoreError(f"part {part}: video {video_id!r} rows {off}:{off + n} lie "
+                                 f"outside {path} ({d.shape[0]} rows); catalog and part disagree")
+            try:
+                return _read_rows(d, off, n)
+            except (OSError, ValueError) as e:
+                raise StoreError(f"part {part}: reading {path} rows {off}:{off + n} for video "
+                                 f"{video_id!r} failed (corrupt part?): {e}") from e
 
     # ---- metadata ---------------------------------------------------------------------------
 
@@ -123,13 +160,15 @@ class Store:
             parts = sorted({p for p, _, _ in self._loc}) or list_parts(self.path)
             if not parts:
                 raise StoreError(f"{self.path}: no parts")
-            f = self._file(parts[0])
-            views = S.read_attrs(f)["views"]
-            self._meta = {
-                "attrs": S.read_attrs(f),
-                "views": list(views),
-                "view_attrs": {v: S.read_attrs(f[f"{S.VIEWS_GROUP}/{v}"]) for v in views},
-            }
+            self._adopt_after_fork()
+            with self._lock:
+                f = self._file(parts[0])
+                views = S.read_attrs(f)["views"]
+                self._meta = {
+                    "attrs": S.read_attrs(f),
+                    "views": list(views),
+                    "view_attrs": {v: S.read_attrs(f[f"{S.VIEWS_GROUP}/{v}"]) for v in views},
+                }
         return self._meta
 
     @property
@@ -171,6 +210,10 @@ class Store:
 
     def split(self, video_id: str) -> str:
         return self._splits[self._index(video_id)]
+
+    def part_of(self, video_id: str) -> str:
+        """Name of the part file holding the video (readers group reads by it)."""
+        return self._loc[self._index(video_id)][0]
 
     def num_frames(self, video_id: str) -> int:
         return self._loc[self._index(video_id)][2]
@@ -233,9 +276,10 @@ class Store:
 
     def close(self) -> None:
         if os.getpid() == self._pid:
-            for f in self._files.values():
-                f.close()
-        self._files, self._dsets = {}, {}
+            with self._lock:
+                for f in self._files.values():
+                    f.close()
+        self._files, self._dsets = OrderedDict(), {}
 
     def __enter__(self) -> Self:
         return self
@@ -245,12 +289,14 @@ class Store:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_files"], state["_dsets"] = {}, {}
+        state["_files"], state["_dsets"] = OrderedDict(), {}
+        del state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pid = os.getpid()
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, videos={len(self)})"

@@ -227,6 +227,17 @@ class Store:
     def stage_names(self, view: str) -> list[str]:
         return list(self._view_meta(view).get("stages", []))
 
+    def stage_dims(self, view: str) -> dict[str, int]:
+        """{stage: width} of the view's stored per-stage features (from the first part)."""
+        names = self.stage_names(view)
+        if not names:
+            return {}
+        first = min(p for p, _, _ in self._loc)
+        self._adopt_after_fork()
+        with self._lock:
+            return {s: int(self._dataset(first, f"{S.VIEWS_GROUP}/{view}/{S.STAGES_GROUP}/{s}")
+                           .shape[-1]) for s in names}
+
     # ---- arrays ----------------------------------------------------------------------------
 
     def read(self, video_id: str, view: str) -> np.ndarray:

@@ -34,11 +34,13 @@ import numpy as np
 import torch
 
 from featstore import open_store
-from trainers.config import RunConfig, config_from_dict
+from trainers.cache_policy import choose_cache, feature_bytes
+from trainers.config import EXECUTION_KEYS, RunConfig, config_from_dict
 from trainers.data import StoreInfo, make_loader, store_info
 from trainers.method import Batch, TrainState
 from trainers.methods import method_module
 from trainers.metrics import mean_average_precision, top1_accuracy
+from trainers.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     (for time-limited cluster slots); re-running continues from last.pt.
     """
     run, resolved = Path(cfg.out), cfg.to_dict()
+    apply_threads(cfg.threads)
     store = open_store(cfg.store)
     info = store_info(store)
     cfg.method_config.validate(info)
@@ -64,16 +67,19 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = module.build(cfg.method_config, info).to(device)
     views, stages = tuple(model.required_views), bool(model.needs_stages)
+    cache = choose_cache(cfg.cache, feature_bytes(store, views, ["train", cfg.val_split,
+                                                                 cfg.eval_split], stages),
+                         cfg.cache_gb)
     train_loader = make_loader(store, views, "train", cfg.batch_size, True, cfg.seed, stages,
-                               cfg.cache)
+                               cache)
     val_loader = make_loader(store, views, cfg.val_split, cfg.batch_size, False, 0, stages,
-                             cfg.cache)
+                             cache)
     test_loader = make_loader(store, views, cfg.eval_split, cfg.batch_size, False, 0, stages,
-                              cfg.cache)
+                              cache)
     if len(val_loader) == 0:
         log.warning("no %r videos: best.pt follows the training split", cfg.val_split)
         val_loader = make_loader(store, views, "train", cfg.batch_size, False, 0, stages,
-                                 cfg.cache)
+                                 cache)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = stage_plan(getattr(module, "SCHEDULE", None), cfg.epochs)
     state, start_epoch, best_map = TrainState(), 0, -math.inf
@@ -308,7 +314,7 @@ def _check_run_dir(run: Path, resolved: dict) -> bool:
         diff += [f"method_config.{k}" for k in sorted(set(old.get("method_config", {}))
                  | set(resolved["method_config"]))
                  if old.get("method_config", {}).get(k) != resolved["method_config"].get(k)]
-        diff = [k for k in diff if k != "method_config"]
+        diff = [k for k in diff if k != "method_config" and k not in EXECUTION_KEYS]
         if diff:
             raise ValueError(f"{run} holds a run with a different config ({', '.join(diff)} "
                              "differ): choose another --out or delete it")

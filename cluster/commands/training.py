@@ -20,13 +20,15 @@ from trainers.methods import METHODS, method_module
 from trainers.report import make_report
 from trainers.sweep import parse_knob, sweep
 from trainers.synthetic import make_synthetic_store
+from trainers.threads import apply_threads
 from trainers.train import atomic_write_text, evaluate, load_run, stage_plan, train
 
 CONFIG_HELP = """\
 configuration, later sources win: defaults < --config FILE < flags < --set.
 --set KEY=VALUE takes a loop key (epochs, batch_size, lr, weight_decay, seed, device,
-val_split, eval_split, log_every) or a key of the method's Config, bare (gamma=0.1) or dotted
-(method_config.gamma=0.1); lists as a,b,c. Unknown keys and wrong types are refused."""
+val_split, eval_split, log_every, cache, cache_gb, threads) or a key of the method's Config,
+bare (gamma=0.1) or dotted (method_config.gamma=0.1); lists as a,b,c. Unknown keys and
+wrong types are refused."""
 
 
 def _wrap(text: str) -> str:
@@ -44,12 +46,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    p.add_argument("--cache", choices=("auto", "on", "off"),
+                   help="keep features in memory across epochs; auto (default): when they fit "
+                   "in --cache-gb")
+    p.add_argument("--cache-gb", type=float, metavar="GB",
+                   help="memory budget of --cache auto (default: half of the available memory)")
+    _add_threads_option(p)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: the CPUs this process may use: affinity, "
+                   "cgroup quota, or what Ray reserved)")
 
 
 def _flags(args: argparse.Namespace) -> dict:
     return {"store": args.store, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
-            "device": args.device}
+            "device": args.device, "cache": args.cache, "cache_gb": args.cache_gb,
+            "threads": args.threads}
 
 
 def _fail(err: Exception) -> int:
@@ -81,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     try:
+        apply_threads(args.threads)
         cfg, model, store, info = load_run(args.run, args.which)
     except (ValueError, FileNotFoundError) as err:
         return _fail(err)
@@ -205,6 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-video GFLOPs budgets, applied one after the other")
     p.add_argument("--videos-per-budget", type=int, metavar="N",
                    help="videos streamed under each budget (default: the split's size)")
+    _add_threads_option(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser(

@@ -92,6 +92,10 @@ def test_background_passes_errors_and_stops_when_abandoned():
     assert next(endless) == 0
     endless.close()
     assert threading.active_count() == before
+    chained = background(background(iter(int, 1), 2), 2)  # two stages, as the loader's
+    assert next(chained) == 0
+    chained.close()
+    assert threading.active_count() == before
     with pytest.raises(ValueError):
         background([], 0)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ def background(items: Iterable[T], depth: int, name: str = "prefetch") -> Iterat
 
     An exception raised by `items` is re-raised to the consumer at the point it was raised.
     Closing the returned generator early (break, garbage collection) stops the thread after
-    the item it is computing.
+    the item it is computing, and closes `items` (so chained stages all stop).
     """
     if depth < 1:
         raise ValueError(f"prefetch depth must be >= 1, got {depth}")
@@ -41,13 +41,17 @@ def background(items: Iterable[T], depth: int, name: str = "prefetch") -> Iterat
         return False
 
     def produce() -> None:
+        source = iter(items)
         try:
-            for item in items:
+            for item in source:
                 if not put(_ITEM, item):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(_ERROR, e)
             return
+        finally:
+            if isinstance(source, Generator):
+                source.close()  # an upstream `background` stops its own thread now
         put(_END, None)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)

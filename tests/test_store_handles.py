@@ -93,3 +93,27 @@ def test_eviction_keeps_reads_correct_and_rejects_bad_bound(many_part_store):
     assert store.open_parts() == 0
     with pytest.raises(ValueError, match="max_open"):
         open_store(many_part_store, max_open=0)
+
+
+def test_chunked_compressed_parts_read_the_same_as_contiguous_ones(many_part_store, tmp_path):
+    """Rows of contiguous parts are read as plain bytes; other layouts go through HDF5."""
+    import shutil
+
+    import h5py
+
+    (tmp_path / "parts").mkdir()
+    for p in ("shard-000000", "shard-000001"):
+        shutil.copy(many_part_store / "parts" / f"{p}.h5", tmp_path / "parts" / f"{p}.h5")
+    with h5py.File(tmp_path / "parts" / "shard-000001.h5", "r+") as f:
+        for view in VIEWS:
+            name = f"views/{view}/features"
+            data, attrs = f[name][()], dict(f[name].attrs)
+            del f[name]
+            f.create_dataset(name, data=data, chunks=(2, data.shape[1]), compression="gzip")
+            f[name].attrs.update(attrs)
+    build_catalog(tmp_path)
+    copy, original = open_store(tmp_path), open_store(many_part_store)
+    assert copy.video_ids() == [f"v{i:05d}" for i in range(2 * PER_PART)]
+    for vid in copy.video_ids():
+        for view in VIEWS:
+            np.testing.assert_array_equal(copy.read(vid, view), original.read(vid, view))

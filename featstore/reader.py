@@ -7,8 +7,12 @@ handles too (spawn-started workers).
 
 At most `max_open` parts are open at once per process (least recently used closed first): a
 shuffled epoch over FCVID's 1,426 parts would otherwise exceed the usual 1024 open-file limit.
-One lock serialises opening, evicting and reading, so a prefetch thread and the caller can
-share a store (h5py holds its own global lock during reads anyway).
+Parts are write-once and their datasets contiguous (docs/featstore.md), so the first open of a
+part records where each dataset's bytes lie; from then on the part's handle is a plain file
+descriptor and rows are read with os.preadv, which releases the GIL and makes re-opening an
+evicted part one open(2) instead of an HDF5 file open. Parts whose datasets are stored
+otherwise (chunked, filtered: an independent writer) keep an h5py handle. One lock serialises
+opening, evicting and reading, so a prefetch thread and the caller can share a store.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -70,8 +74,8 @@ class Store:
         self._loc = [(p, int(o), int(n)) for p, o, n in zip(parts, offsets, lengths)]
         self._pid = os.getpid()
         self._lock = threading.RLock()
-        self._files: OrderedDict[str, h5py.File] = OrderedDict()
-        self._dsets: dict[tuple[str, str], _Rows] = {}
+        self._handles: OrderedDict[str, int | h5py.File] = OrderedDict()
+        self._layouts: dict[str, dict[str, _Layout]] = {}  # facts about write-once files
         self._meta: dict[str, Any] | None = None
 
     def _load_catalog(self) -> pa.Table:
@@ -88,16 +92,43 @@ class Store:
 
     # ---- handles, per process -------------------------------------------------------------
 
-    def _file(self, part: str) -> h5py.File:
-        """The open handle of `part` in this process (opened now if needed, LRU-bounded)."""
+    def _part_path(self, part: str) -> Path:
+        return self.path / S.PARTS_DIR / (part + S.PART_SUFFIX)
+
+    def _handle(self, part: str) -> int | h5py.File:
+        """The open handle of `part` in this process (opened now if needed, LRU-bounded): a
+        file descriptor when every dataset is plain bytes, else an h5py file."""
         self._adopt_after_fork()
-        f = self._files.get(part)
-        if f is not None:
-            self._files.move_to_end(part)
-            return f
-        while len(self._files) >= self.max_open:
+        h = self._handles.get(part)
+        if h is not None:
+            self._handles.move_to_end(part)
+            return h
+        while len(self._handles) >= self.max_open:
             self._evict_oldest()
-        path = self.path / S.PARTS_DIR / (part + S.PART_SUFFIX)
+        layout = self._layouts.get(part)
+        if layout is None:
+            f = self._open_h5(part)
+            try:
+                layout = _scan_layout(f)
+            except (OSError, ValueError, RuntimeError, KeyError) as e:
+                f.close()
+                raise StoreError(f"part {part}: cannot read its datasets (corrupt part?): "
+                                 f"{e}") from e
+            self._layouts[part] = layout
+            if _all_plain(layout):
+                f.close()
+                h = self._open_fd(part)
+            else:
+                h = f
+        elif _all_plain(layout):
+            h = self._open_fd(part)
+        else:
+            h = self._open_h5(part)
+        self._handles[part] = h
+        return h
+
+    def _open_h5(self, part: str) -> h5py.File:
+        path = self._part_path(part)
         try:
             f = open_part(path)
         except (OSError, ValueError) as e:
@@ -105,35 +136,39 @@ class Store:
         if not bool(f.attrs.get("complete", False)):
             f.close()
             raise StoreError(f"part {part}: not marked complete ({path})")
-        self._files[part] = f
         return f
+
+    def _open_fd(self, part: str) -> int:
+        path = self._part_path(part)
+        try:
+            return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise StoreError(f"part {part}: cannot open {path}: {e}") from e
 
     def _adopt_after_fork(self) -> None:
         if os.getpid() != self._pid:
-            # Forked child: the parent's handles (and lock state) are not ours to use or close.
-            self._files, self._dsets, self._pid = OrderedDict(), {}, os.getpid()
+            # Forked child: the parent's h5py handles (and lock state) are not ours to use or
+            # close; inherited descriptors are our own copies, closed to keep within the limit.
+            for h in self._handles.values():
+                if isinstance(h, int):
+                    _close_fd(h)
+            self._handles, self._pid = OrderedDict(), os.getpid()
             self._lock = threading.RLock()
 
     def _evict_oldest(self) -> None:
-        part, f = self._files.popitem(last=False)
-        for key in [k for k in self._dsets if k[0] == part]:
-            del self._dsets[key]
-        f.close()
+        _, h = self._handles.popitem(last=False)
+        _close_handle(h)
 
     def open_parts(self) -> int:
         """How many part files this process holds open now (at most `max_open`)."""
-        return len(self._files) if os.getpid() == self._pid else 0
+        return len(self._handles) if os.getpid() == self._pid else 0
 
-    def _dataset(self, part: str, path: str) -> _Rows:
-        f = self._file(part)
-        d = self._dsets.get((part, path))
-        if d is None:
-            try:
-                d = _Rows(f, f[path])
-            except KeyError as e:
-                raise StoreError(f"part {part}: has no dataset {path!r}") from e
-            self._dsets[part, path] = d
-        return d
+    def _layout(self, part: str, path: str) -> tuple[int | h5py.File, _Layout]:
+        h = self._handle(part)
+        try:
+            return h, self._layouts[part][path]
+        except KeyError:
+            raise StoreError(f"part {part}: has no dataset {path!r}") from None
 
     def _rows(self, video_id: str, path: str) -> np.ndarray:
         try:
@@ -142,12 +177,12 @@ class Store:
             raise KeyError(f"video {video_id!r} is not in the store {self.path}") from None
         self._adopt_after_fork()
         with self._lock:
-            d = self._dataset(part, path)
+            h, d = self._layout(part, path)
             if off < 0 or off + n > d.shape[0]:
                 raise StoreError(f"part {part}: video {video_id!r} rows {off}:{off + n} lie "
                                  f"outside {path} ({d.shape[0]} rows); catalog and part disagree")
             try:
-                return d.read(off, n)
+                return _read_rows(h, path, d, off, n)
             except (OSError, ValueError) as e:
                 raise StoreError(f"part {part}: reading {path} rows {off}:{off + n} for video "
                                  f"{video_id!r} failed (corrupt part?): {e}") from e
@@ -160,9 +195,7 @@ class Store:
             parts = sorted({p for p, _, _ in self._loc}) or list_parts(self.path)
             if not parts:
                 raise StoreError(f"{self.path}: no parts")
-            self._adopt_after_fork()
-            with self._lock:
-                f = self._file(parts[0])
+            with self._open_h5(parts[0]) as f:  # read once; not one of the LRU handles
                 views = S.read_attrs(f)["views"]
                 self._meta = {
                     "attrs": S.read_attrs(f),
@@ -235,7 +268,7 @@ class Store:
         first = min(p for p, _, _ in self._loc)
         self._adopt_after_fork()
         with self._lock:
-            return {s: int(self._dataset(first, f"{S.VIEWS_GROUP}/{view}/{S.STAGES_GROUP}/{s}")
+            return {s: int(self._layout(first, f"{S.VIEWS_GROUP}/{view}/{S.STAGES_GROUP}/{s}")[1]
                            .shape[-1]) for s in names}
 
     # ---- arrays ----------------------------------------------------------------------------
@@ -286,11 +319,11 @@ class Store:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        if os.getpid() == self._pid:
-            with self._lock:
-                for f in self._files.values():
-                    f.close()
-        self._files, self._dsets = OrderedDict(), {}
+        self._adopt_after_fork()
+        with self._lock:
+            for h in self._handles.values():
+                _close_handle(h)
+            self._handles = OrderedDict()
 
     def __enter__(self) -> Self:
         return self
@@ -300,7 +333,7 @@ class Store:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_files"], state["_dsets"] = OrderedDict(), {}
+        state["_handles"] = OrderedDict()
         del state["_lock"]
         return state
 
@@ -323,63 +356,80 @@ class Store:
         return sum(f.stat().st_size for f in files if f.exists())
 
 
-class _Rows:
-    """Reads row ranges of one dataset of an open part.
+class _Layout(NamedTuple):
+    """Where a dataset's rows lie: `address` is the byte offset of row 0 when the rows are
+    plain contiguous bytes of a native dtype (read with os.preadv), else None (read by HDF5)."""
 
-    Parts are write-once and their datasets contiguous and unfiltered (docs/featstore.md), so
-    rows off:off+n are one run of bytes at a fixed file address: they are read with os.preadv
-    on HDF5's own file descriptor, which releases the GIL (a prefetch thread then overlaps with
-    the training step) and was ~3x faster than H5Dread here (benchmarks/README.md, "Loader").
-    Datasets stored otherwise (chunked, filtered, non-native byte order: an independent writer)
-    go through HDF5.
-    """
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    address: int | None
 
-    def __init__(self, f: h5py.File, d: h5py.Dataset) -> None:
-        self.dataset = d
-        self.shape = d.shape
-        self.dtype = d.dtype
-        self.row_bytes = int(np.prod(d.shape[1:], dtype=np.int64)) * d.dtype.itemsize
-        self.fd, self.address = _direct_location(f, d)
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
-    def read(self, off: int, n: int) -> np.ndarray:
-        out = np.empty((n,) + self.shape[1:], dtype=self.dtype)
-        if not n:
-            return out
-        if self.fd is None:
-            return _read_rows(self.dataset, off, n, out)
-        want = n * self.row_bytes
-        got = os.preadv(self.fd, [out.reshape(-1).view(np.uint8)],
-                        self.address + off * self.row_bytes)
+
+def _scan_layout(f: h5py.File) -> dict[str, _Layout]:
+    """The layout of every dataset a reader reads (timestamps and everything under views/)."""
+    plain_file = f.driver == "sec2" and f.userblock_size == 0
+    found: dict[str, _Layout] = {}
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and (name == S.TIMESTAMPS
+                                              or name.startswith(S.VIEWS_GROUP + "/")):
+            found[name] = _Layout(tuple(obj.shape), obj.dtype,
+                                  _address(obj) if plain_file else None)
+
+    f.visititems(visit)
+    return found
+
+
+def _all_plain(layout: dict[str, _Layout]) -> bool:
+    return bool(layout) and all(d.address is not None for d in layout.values())
+
+
+def _address(d: h5py.Dataset) -> int | None:
+    if d.dtype.kind not in "fiu" or not d.dtype.isnative:
+        return None
+    if d.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
+        return None
+    address = d.id.get_offset()  # None when no storage is allocated
+    return int(address) if address is not None else None
+
+
+def _read_rows(h: int | h5py.File, path: str, d: _Layout, off: int, n: int) -> np.ndarray:
+    """Rows off:off+n into a fresh array: os.preadv of plain bytes, else one HDF5 hyperslab
+    read through the low-level API (h5py's slicing builds its selection in Python on every
+    call; the low-level read is ~8x faster for a trainer's few-hundred-row reads,
+    benchmarks/README.md)."""
+    out = np.empty((n,) + d.shape[1:], dtype=d.dtype)
+    if not n:
+        return out
+    if isinstance(h, int):
+        want = n * d.row_bytes
+        got = os.preadv(h, [out.reshape(-1).view(np.uint8)], d.address + off * d.row_bytes)
         if got != want:
             raise OSError(f"short read: {got} of {want} bytes (truncated file?)")
         return out
-
-
-def _direct_location(f: h5py.File, d: h5py.Dataset) -> tuple[int | None, int]:
-    """(file descriptor, byte address) when the dataset's rows can be read as plain bytes."""
-    try:
-        contiguous = d.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
-        address = d.id.get_offset()
-        plain = (contiguous and address is not None and f.driver == "sec2"
-                 and f.userblock_size == 0 and d.dtype.kind in "fiu" and d.dtype.isnative)
-        if not plain:
-            return None, 0
-        fd = f.id.get_vfd_handle()
-    except (OSError, ValueError, RuntimeError, TypeError):
-        return None, 0
-    return (int(fd), int(address)) if fd is not None else (None, 0)
-
-
-def _read_rows(d: h5py.Dataset, off: int, n: int, out: np.ndarray) -> np.ndarray:
-    """Rows off:off+n through HDF5's low-level API: one hyperslab read into `out`.
-
-    h5py's slicing builds its selection in Python on every call; this path is ~8x faster for
-    the few-hundred-row reads a trainer makes (measured in benchmarks/README.md).
-    """
-    file_space = d.id.get_space()
-    file_space.select_hyperslab((off,) + (0,) * (d.ndim - 1), out.shape)
-    d.id.read(h5py.h5s.create_simple(out.shape), file_space, out)
+    dset = h[path]
+    file_space = dset.id.get_space()
+    file_space.select_hyperslab((off,) + (0,) * (len(d.shape) - 1), out.shape)
+    dset.id.read(h5py.h5s.create_simple(out.shape), file_space, out)
     return out
+
+
+def _close_handle(h: int | h5py.File) -> None:
+    if isinstance(h, int):
+        _close_fd(h)
+    else:
+        h.close()
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        log.debug("descriptor %d was already closed", fd)
 
 
 __all__ = ["Store", "open_store"]

@@ -9,12 +9,14 @@ files, where drop_caches would evict every job's cache on a shared machine; the 
 shows what a cached pass reads), interleaved, `--repeats` times:
 
 * raw: the same bytes the loader reads, in the loader's epoch order, read with os.preadv into
-  a preallocated buffer from the same files (dataset offsets from HDF5), no decoding;
+  a fresh buffer per view and video from the same files (dataset offsets from HDF5);
+* Store.read_views: the store's own per-video reads in the same order (float16 arrays);
 * loader: `make_loader(..., cache=False)` with its defaults (prefetch 2 batches in a thread,
   shuffle in blocks of 4 videos of one part), iterated to the end with nothing to compute;
 * loader, no prefetch; loader, no prefetch and a plain shuffle (block 1): what each adds.
 
-Throughput is feature MB/s (float16 bytes read); medians. Then LiteEval is trained through
+Throughput is feature MB/s (float16 bytes read); medians. The loader's batches are float32,
+zero-padded to the longest video of the batch: it writes ~3x the bytes it reads. Then LiteEval is trained through
 `trainers.train.train` with `cache="off"` on `--train-videos` of the store after dropping the
 cache again, and the data share data_time / (data_time + compute_time) is read from the run's
 metrics.jsonl (data_time: the step waiting for the loader). Usage:
@@ -126,6 +128,14 @@ def read_raw(store_dir: Path, plan: list[tuple[str, int, int]]) -> int:
     return total
 
 
+def read_store(store, ids: list[str]) -> int:
+    """`Store.read_views` of every video in `ids` order: the store's reads without batching."""
+    total = 0
+    for vid in ids:
+        total += sum(a.nbytes for a in store.read_views(vid, list(DIMS)).values())
+    return total
+
+
 def read_loader(store, batch_size: int, prefetch: int, block: int) -> int:
     loader = make_loader(store, list(DIMS), None, batch_size, True, seed=0, cache=False,
                          prefetch=prefetch, block=block)
@@ -189,9 +199,11 @@ def main() -> None:
               f"({time.perf_counter() - t0:.0f} s to write) in {root}")
         store = open_store(store_dir)
         order = make_loader(store, list(DIMS), None, args.batch_size, True, seed=0).order(0)
-        plan = raw_plan(store, [store.video_ids()[i] for i in order])
+        ordered = [store.video_ids()[i] for i in order]
+        plan = raw_plan(store, ordered)
         methods = {
             "raw preadv, loader order": lambda: read_raw(store_dir, plan),
+            "Store.read_views, loader order": lambda: read_store(store, ordered),
             "loader (prefetch 2, block 4)": lambda: read_loader(store, args.batch_size, 2, 4),
             "loader, no prefetch (block 4)": lambda: read_loader(store, args.batch_size, 0, 4),
             "loader, no prefetch, block 1": lambda: read_loader(store, args.batch_size, 0, 1),
@@ -208,7 +220,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
                 if got != nbytes:
                     raise RuntimeError(f"{name} read {got} bytes, expected {nbytes}")
-        for name in ("raw preadv, loader order", "loader (prefetch 2, block 4)"):
+        for name in ("raw preadv, loader order", "Store.read_views, loader order",
+                     "loader (prefetch 2, block 4)"):
             t0 = time.perf_counter()
             methods[name]()
             warm[name] = time.perf_counter() - t0

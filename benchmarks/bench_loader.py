@@ -179,9 +179,10 @@ def main() -> None:
     parser.add_argument("--train-videos", type=int, default=64,
                         help="videos in the LiteEval run's train split")
     parser.add_argument("--liteeval-batch", type=int, default=16, help="LiteEval batch size")
-    parser.add_argument("--liteeval-hidden", nargs="+", default=["512/2048", "64/128"],
+    parser.add_argument("--liteeval-hidden", nargs="*", default=["512/2048", "64/128"],
                         metavar="COARSE/FINE", help="LiteEval LSTM sizes to train (FCVID: "
-                        "512/2048, LiteEval sec. 4.1; a small one makes the step short)")
+                        "512/2048, LiteEval sec. 4.1; a small one makes the step short); "
+                        "none given: no training")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--keep", action="store_true", help="keep the generated store")
@@ -234,6 +235,8 @@ def main() -> None:
             med = statistics.median(ts)
             w = f"{nbytes / warm[name] / 1e6:.0f}" if name in warm else "-"
             print(f"| {name} | {med:.2f} | {nbytes / med / 1e6:.0f} | {raw / med:.2f} | {w} |")
+        if not args.liteeval_hidden:
+            return
         print(f"\nLiteEval, cache off, cold page cache, batch {args.liteeval_batch}, "
               f"{args.train_videos} train videos, 1 epoch:")
         print("| LSTM coarse/fine | steps | data s | compute s | data share |")

@@ -90,7 +90,7 @@ def main() -> None:
           f"fine D=2048 ({time.perf_counter() - t0:.1f} s to write)")
     cfg = RunConfig(
         method="liteeval", store=str(store), out=str(run_dir), epochs=args.epochs,
-        batch_size=args.batch_size, lr=1e-4, seed=0, eval_split="val",
+        batch_size=args.batch_size, lr=1e-4, seed=0, eval_split="val", threads=args.threads,
         method_config=liteeval.Config(coarse_hidden=args.coarse_hidden,
                                       fine_hidden=args.fine_hidden, gamma=0.05))
     train(cfg)

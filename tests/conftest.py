@@ -6,6 +6,7 @@ setup steps; tests only read from them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -33,13 +34,19 @@ class TinyDataset(NamedTuple):
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Tests use tiny models; on a 2-core machine several torch threads per process slow tiny
-    ops down many times (measured: a small LSTM step 118 ms with 2 threads, 6 ms with 1)."""
+    ops down many times (measured: a small LSTM step 118 ms with 2 threads, 6 ms with 1).
+    OMP_NUM_THREADS=1 keeps `c2f train` (trainers/threads.py) and subprocesses at 1 too."""
     import torch
 
-    before = torch.get_num_threads()
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="session")

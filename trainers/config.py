@@ -26,7 +26,7 @@ import typing
 from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from featstore import storage
 from trainers.methods import method_spec
@@ -45,8 +45,10 @@ class RunConfig:
     out: run directory. epochs, batch_size, lr, weight_decay: Adam training. seed: seeds data
     order and model init. device: torch device. val_split: evaluated every epoch (best.pt is
     chosen on it). eval_split: evaluated at the end (eval.json). log_every: steps between
-    progress log lines. cache: keep features in memory after the first epoch (turn off for
-    stores larger than RAM).
+    progress log lines. cache: keep features in memory after the first epoch: on, off, or
+    auto (when they fit in cache_gb GB; None: half of the available memory; see
+    trainers/cache_policy.py). threads: torch threads (None: the CPUs this process may use,
+    trainers/threads.py).
     """
 
     method: str = ""
@@ -61,7 +63,9 @@ class RunConfig:
     val_split: str = "val"
     eval_split: str = "test"
     log_every: int = 20
-    cache: bool = True
+    cache: Literal["auto", "on", "off"] = "auto"
+    cache_gb: float | None = None
+    threads: int | None = None
     method_config: Any = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +76,8 @@ class RunConfig:
 
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"method_config"}
+# How a run is executed, not which run it is: a resumed run may change them.
+EXECUTION_KEYS = ("cache", "cache_gb", "threads")
 
 
 def _type_name(tp: Any) -> str:
@@ -248,6 +254,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ValueError(f"config key 'lr' must be > 0, got {cfg.lr}")
     if cfg.weight_decay < 0:
         raise ValueError(f"config key 'weight_decay' must be >= 0, got {cfg.weight_decay}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"config key 'threads' must be >= 1, got {cfg.threads}")
+    if cfg.cache_gb is not None and cfg.cache_gb < 0:
+        raise ValueError(f"config key 'cache_gb' must be >= 0, got {cfg.cache_gb}")
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
@@ -256,6 +266,8 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     config_type = method_spec(d["method"]).config_type()
     cfg = RunConfig(method=d.pop("method"), method_config=config_type())
     method_values = d.pop("method_config", {}) or {}
+    if isinstance(d.get("cache"), bool):  # runs written before cache became auto|on|off
+        d["cache"] = "on" if d["cache"] else "off"
     _set_fields(cfg, d, "", from_text=False)
     _set_fields(cfg.method_config, method_values, "method_config.", from_text=False)
     return cfg

@@ -18,8 +18,12 @@ import torch
 from backbones.flops import view_cost
 from featstore.schema import GMACS_PER_FRAME, UNKNOWN_BACKBONE
 from trainers.method import Batch
+from trainers.prefetch import background
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PREFETCH = 2  # batches read ahead; two hide one slow read behind a step
+DEFAULT_BLOCK = 4  # videos of one part read together when shuffling
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,11 @@ class FeatureLoader:
 
     Shuffling is seeded by (seed, epoch): the loop calls `set_epoch` before each epoch so that
     a resumed run sees exactly the batches an uninterrupted run would. Without `set_epoch`, each
-    new iteration advances the epoch by one. Features are read once and kept in memory as
-    float16 (`cache=True`), since the trainers make many passes over small cached features.
+    new iteration advances the epoch by one. The shuffle keeps reads local (`block_shuffle`):
+    blocks of `block` videos of one part, blocks in random order. `prefetch` > 0 reads and pads
+    that many batches ahead in a background thread; the batches are the same as without it.
+    `cache=True` keeps each video's float16 features in memory after its first read (for
+    stores that fit in RAM; `trainers.cache_policy` decides it for a run).
     """
 
     def __init__(
@@ -102,13 +109,17 @@ class FeatureLoader:
         shuffle: bool,
         seed: int = 0,
         with_stages: bool = False,
-        cache: bool = True,
+        cache: bool = False,
+        prefetch: int = DEFAULT_PREFETCH,
+        block: int = DEFAULT_BLOCK,
     ) -> None:
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ValueError(f"store has no view {missing[0]!r} (has {list(store.views)})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if prefetch < 0 or block < 1:
+            raise ValueError(f"need prefetch >= 0 and block >= 1, got {prefetch} and {block}")
         self.store = store
         self.views = list(views)
         self.split = split
@@ -117,7 +128,10 @@ class FeatureLoader:
         self.seed = seed
         self.with_stages = with_stages
         self.cache = cache
+        self.prefetch = prefetch
+        self.block = block
         self.video_ids = list(store.video_ids(split))
+        self._parts = [store.part_of(v) for v in self.video_ids]
         self.class_index = {c: i for i, c in enumerate(store.classes)}
         self.epoch = 0
         self._cache: dict[str, tuple] = {}
@@ -128,6 +142,12 @@ class FeatureLoader:
     def set_epoch(self, epoch: int) -> None:
         """Fix the shuffle order of the next iteration to the one of `epoch`."""
         self.epoch = epoch
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Indices into `video_ids` in the order epoch `epoch` reads them."""
+        if not self.shuffle:
+            return np.arange(len(self.video_ids))
+        return block_shuffle(self._parts, self.block, np.random.default_rng([self.seed, epoch]))
 
     def _read(self, video_id: str) -> tuple:
         if video_id in self._cache:
@@ -143,14 +163,44 @@ class FeatureLoader:
             self._cache[video_id] = item
         return item
 
-    def __iter__(self) -> Iterator[Batch]:
-        order = np.arange(len(self.video_ids))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
-        self.epoch += 1
+    def _reads(self, order: np.ndarray) -> Iterator[tuple[list[tuple], list[str]]]:
         for start in range(0, len(order), self.batch_size):
             ids = [self.video_ids[i] for i in order[start : start + self.batch_size]]
-            yield collate([self._read(v) for v in ids], ids, len(self.class_index))
+            yield [self._read(v) for v in ids], ids
+
+    def _collated(self, reads: Iterator[tuple[list[tuple], list[str]]]) -> Iterator[Batch]:
+        for items, ids in reads:
+            yield collate(items, ids, len(self.class_index))
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.order(self.epoch)
+        self.epoch += 1
+        if not self.prefetch:
+            return self._collated(self._reads(order))
+        # Two stages, so that reading a batch (h5py holds the GIL) overlaps with padding the
+        # previous one (torch's copy releases it) as well as with the training step.
+        reads = background(self._reads(order), self.prefetch, name="feature-read")
+        return background(self._collated(reads), self.prefetch, name="feature-collate")
+
+
+def block_shuffle(parts: Sequence[str], block: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(len(parts)) that reads `block` videos of one part together.
+
+    The videos of each part are shuffled and cut into blocks of `block`; the blocks of all parts
+    are then shuffled. A batch thus touches about batch_size / block parts instead of
+    batch_size, which keeps reads sequential within a part file (and its pages cached).
+    block=1 is a plain uniform shuffle.
+    """
+    by_part: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        by_part.setdefault(part, []).append(i)
+    blocks = []
+    for part in sorted(by_part):
+        members = rng.permutation(np.asarray(by_part[part], dtype=np.int64))
+        blocks.extend(members[k : k + block] for k in range(0, len(members), block))
+    if not blocks:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
 
 
 def collate(items: list[tuple], video_ids: list[str], num_classes: int) -> Batch:
@@ -159,10 +209,13 @@ def collate(items: list[tuple], video_ids: list[str], num_classes: int) -> Batch
     b, t = len(items), max(lengths)
 
     def pad(arrays: list[np.ndarray]) -> torch.Tensor:
-        out = np.zeros((b, t, arrays[0].shape[-1]), dtype=np.float32)
+        # torch converts float16 -> float32 ~2x faster than numpy (benchmarks/README.md,
+        # "Loader"), and only the padding is zeroed.
+        out = torch.empty((b, t, arrays[0].shape[-1]), dtype=torch.float32)
         for i, a in enumerate(arrays):
-            out[i, : len(a)] = a
-        return torch.from_numpy(out)
+            out[i, : len(a)].copy_(torch.from_numpy(a))
+            out[i, len(a) :].zero_()
+        return out
 
     features = {v: pad([feats[v] for feats, _, _ in items]) for v in items[0][0]}
     stages = {
@@ -184,11 +237,16 @@ def make_loader(
     shuffle: bool,
     seed: int = 0,
     with_stages: bool = False,
-    cache: bool = True,
+    cache: bool = False,
+    prefetch: int = DEFAULT_PREFETCH,
+    block: int = DEFAULT_BLOCK,
 ) -> FeatureLoader:
     """Padded float32 batches of `views` (and their stage features) from one split.
 
-    cache: keep each video's float16 features in memory after its first read (turn off for
-    stores larger than RAM; every epoch then reads the store again).
+    cache: keep each video's float16 features in memory after its first read (for stores that
+    fit in RAM; `trainers.cache_policy.choose_cache` decides it for a training run).
+    prefetch: batches read ahead in a background thread (0: read in the caller).
+    block: videos of one part read together when shuffling (see `block_shuffle`).
     """
-    return FeatureLoader(store, views, split, batch_size, shuffle, seed, with_stages, cache)
+    return FeatureLoader(store, views, split, batch_size, shuffle, seed, with_stages, cache,
+                         prefetch, block)

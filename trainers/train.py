@@ -25,14 +25,16 @@ import torch
 
 from featstore import open_store
 from featstore.atomic import write_text
+from trainers.cache_policy import choose_cache, feature_bytes
 from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
-from trainers.config import RunConfig, config_from_dict
+from trainers.config import EXECUTION_KEYS, RunConfig, config_from_dict
 from trainers.data import StoreInfo, make_loader, store_info
 from trainers.evaluation import evaluate, summary
 from trainers.method import TrainState
 from trainers.methods import load_ref, method_spec
 from trainers.report import make_report
 from trainers.rundir import BEST, LAST, RunDir
+from trainers.threads import apply_threads
 
 __all__ = ["evaluate", "load_run", "stage_plan", "train", "write_eval"]
 
@@ -46,6 +48,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     (for time-limited cluster slots); re-running continues from last.pt.
     """
     run, resolved = RunDir(cfg.out), cfg.to_dict()
+    apply_threads(cfg.threads)
     store = open_store(cfg.store)
     info = store_info(store)
     cfg.method_config.validate(info)
@@ -60,10 +63,13 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.method_config, info).to(device)
     views, stages = tuple(model.required_views), bool(model.needs_stages)
+    cache = choose_cache(cfg.cache, feature_bytes(store, views, ["train", cfg.val_split,
+                                                                 cfg.eval_split], stages),
+                         cfg.cache_gb)
 
     def loader(split: str, shuffle: bool = False) -> Any:
         return make_loader(store, views, split, cfg.batch_size, shuffle,
-                           cfg.seed if shuffle else 0, stages, cfg.cache)
+                           cfg.seed if shuffle else 0, stages, cache)
 
     train_loader = loader("train", shuffle=True)
     val_loader, test_loader = loader(cfg.val_split), loader(cfg.eval_split)
@@ -208,7 +214,7 @@ def _check_run_dir(run: RunDir, resolved: dict) -> bool:
         diff += [f"method_config.{k}" for k in sorted(set(old.get("method_config", {}))
                  | set(resolved["method_config"]))
                  if old.get("method_config", {}).get(k) != resolved["method_config"].get(k)]
-        diff = [k for k in diff if k != "method_config"]
+        diff = [k for k in diff if k != "method_config" and k not in EXECUTION_KEYS]
         if diff:
             raise ValueError(f"{run.root} holds a run with a different config ({', '.join(diff)} "
                              "differ): choose another --out or delete it")

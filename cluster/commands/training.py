@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 CONFIG_HELP = """\
 configuration, later sources win: defaults < --config FILE < flags < --set.
 --set KEY=VALUE takes a loop key (epochs, batch_size, lr, weight_decay, seed, device,
-val_split, eval_split, log_every) or a key of the method's Config, bare (gamma=0.1) or dotted
-(method_config.gamma=0.1); lists as a,b,c. Unknown keys and wrong types are refused.
-`c2f train METHOD --help` lists METHOD's keys."""
+val_split, eval_split, log_every, cache, cache_gb, threads) or a key of the method's Config,
+bare (gamma=0.1) or dotted (method_config.gamma=0.1); lists as a,b,c. Unknown keys and
+wrong types are refused. `c2f train METHOD --help` lists METHOD's keys."""
 
 
 def _wrap(text: str) -> str:
@@ -39,12 +39,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    p.add_argument("--cache", choices=("auto", "on", "off"),
+                   help="keep features in memory across epochs; auto (default): when they fit "
+                   "in --cache-gb")
+    p.add_argument("--cache-gb", type=float, metavar="GB",
+                   help="memory budget of --cache auto (default: half of the available memory)")
+    _add_threads_option(p)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: the CPUs this process may use: affinity, "
+                   "cgroup quota, or what Ray reserved)")
 
 
 def _flags(args: argparse.Namespace) -> dict:
     return {"store": args.store, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
-            "device": args.device}
+            "device": args.device, "cache": args.cache, "cache_gb": args.cache_gb,
+            "threads": args.threads}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -101,10 +114,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainers.method import TrainState
     from trainers.methods import load_ref
     from trainers.rundir import RunDir
+    from trainers.threads import apply_threads
     from trainers.train import load_run, stage_plan
 
     run = RunDir(args.run)
     try:
+        apply_threads(args.threads)
         cfg, model, store, info = load_run(run.root, args.which)
         spec = method_spec(cfg.method)
         split = args.split or cfg.eval_split
@@ -264,6 +279,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=BUDGET.help + ", applied one after the other")
     p.add_argument("--videos-per-budget", type=int, metavar="N",
                    help="videos streamed under each budget (default: the split's size)")
+    _add_threads_option(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser(

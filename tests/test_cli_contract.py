@@ -171,3 +171,17 @@ def test_demo_runs_its_steps_through_the_entry_point_it_is_given(tmp_path):
 
     assert run_demo(c2f, tmp_path, videos=2, classes=2, epochs=1) == 3
     assert calls == demo_commands(tmp_path.resolve(), 2, 2, 1)[:3]
+
+
+def test_building_the_whole_parser_imports_no_heavy_library():
+    """`c2f --help` and every `c2f CMD --help` stay fast only if no command module loads torch
+    and friends at start-up (cluster/commands/training.py included)."""
+    code = f"""
+import sys
+import cluster.cli
+cluster.cli.build_parser()
+print(",".join(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

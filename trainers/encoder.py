@@ -74,12 +74,12 @@ class ClipEncoder(nn.Module):
         return self
 
     def store_info(self, classes: Sequence[str]) -> StoreInfo:
-        """What the methods' Config.validate/build read, as a store of these views would say it
-        (dims and per-stage costs measured by backbones.flops, as for a real store)."""
+        """What the methods' Config.validate/build read, as a store of these views with stage
+        features would say it (dims and per-stage costs measured by backbones.flops)."""
         infos = {}
         for name, v in self.views.items():
             cost = view_cost(v.backbone, v.input_size)
-            stages = list(cost.stage_gmacs) if self.with_stages else []
+            stages = list(cost.stage_gmacs)
             infos[name] = ViewInfo(
                 name=name,
                 dim=int(self.backbones[name].feature_dim),

@@ -63,6 +63,10 @@ class ClipEncoder(nn.Module):
         self.with_stages = with_stages
         self.frozen = tuple(frozen)
         self.backbones = nn.ModuleDict({v.name: build_view_backbone(v) for v in views})
+        for backbone in self.backbones.values():
+            # the ImageNet classifier is not part of the features: kept (the export stays in
+            # torchvision layout) but not trained, so DDP sees no parameter without a gradient
+            backbone.head.requires_grad_(False)
         for name in self.frozen:
             self.backbones[name].requires_grad_(False)
             self.backbones[name].eval()

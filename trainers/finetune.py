@@ -11,6 +11,7 @@ test evaluation and the export of every trained backbone (trainers/export.py). R
     RUN/checkpoints/last.pt    model + optimiser + schedule + RNG + progress, every epoch
     RUN/checkpoints/best.pt    model of the epoch with the best validation mAP
     RUN/metrics.jsonl          per step (loss parts, lr, data_time, compute_time) and per epoch
+    RUN/ranks/rank-R-epoch-E.json   steps and training videos of each rank in each epoch
     RUN/eval.json, RUN/predictions.jsonl   test evaluation (the run is finished once they exist)
     RUN/export/VIEW.pth (+ VIEW.json)      fine-tuned backbones in torchvision layout
 """
@@ -153,6 +154,15 @@ def precise_bn(model: EndToEnd, loader: ClipLoader, batches: int, device: torch.
     model.train(was)
 
 
+def _global_mean(value: torch.Tensor, world: int) -> float:
+    """The loss of the global batch (mean over ranks), so curves compare across worker counts."""
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return float(value)
+
+
 def _save(path: Path, obj: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -210,7 +220,9 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
         model.train()
         train_loader.set_epoch(epoch)
         losses, t0, epoch_start = [], time.perf_counter(), time.perf_counter()
+        seen: set[str] = set()
         for clip in train_loader:
+            seen.update(clip.video_ids)
             clips = {s: x.to(device, non_blocking=True) for s, x in clip.clips.items()}
             targets = clip.targets.to(device)
             t1 = time.perf_counter()
@@ -226,7 +238,7 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
                 torch.cuda.synchronize(device)
             t2 = time.perf_counter()
             state.step += 1
-            losses.append(loss.item())
+            losses.append(_global_mean(loss.detach(), world))
             records.append({"kind": "step", "epoch": epoch, "step": state.step, "rank": rank,
                             "loss": losses[-1], **{k: float(v) for k, v in parts.items()},
                             "lr": opt.param_groups[0]["lr"], "data_time": t1 - t0,
@@ -237,6 +249,10 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
         rec = {"kind": "epoch", "epoch": epoch, "rank": rank, "steps": len(losses),
                "train_loss": float(np.mean(losses)), "epoch_time": time.perf_counter()
                - epoch_start}
+        # which videos each rank trained on: equal step counts, disjoint shards
+        write_text(run / "ranks" / f"rank-{rank}-epoch-{epoch}.json",
+                   json.dumps({"rank": rank, "world": world, "epoch": epoch,
+                               "steps": len(losses), "videos": sorted(seen)}) + "\n")
         checkpoint = None
         if rank == 0:
             precise_bn(model, bn_loader, cfg.precise_bn_batches, device)

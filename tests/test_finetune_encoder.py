@@ -33,7 +33,7 @@ def e2e_shards(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e_shards")
     table = read_manifest(tiny_dataset.manifest)
     for plan in plan_shards(table, out, sampling=SamplingPlan(fps=None, frames=FRAMES),
-                            fmt=FrameFormat(short_side=64), videos_per_shard=1):
+                            fmt=FrameFormat(short_side=64), videos_per_shard=3):
         write_shard(plan)
     finalize(out)
     return out
@@ -108,7 +108,8 @@ def test_training_loader_gives_every_rank_disjoint_shards_and_equal_steps(e2e_sh
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        loader = ClipLoader(urls, spec, classes, "train", batch_size=2, steps_per_epoch=3)
+        # manifest order is train, train, val, val, test, test: each shard holds one val video
+        loader = ClipLoader(urls, spec, classes, "val", batch_size=2, steps_per_epoch=3)
         batches = list(loader)
         assert len(batches) == 3 and all(b.clips[48].shape == (2, 4, 3, 48, 48) for b in batches)
         assert all(b.clips[32].shape == (2, 4, 3, 32, 32) for b in batches)
@@ -116,3 +117,18 @@ def test_training_loader_gives_every_rank_disjoint_shards_and_equal_steps(e2e_sh
     owner = {e.video_id: urls.index(e.shard) % 2 for e in entries}
     for rank, ids in seen.items():
         assert ids and all(owner[v] == rank for v in ids)
+
+
+def test_finetune_cli_refuses_what_cannot_run(e2e_shards, tmp_path, capsys):
+    from cluster.cli import main as c2f
+
+    assert c2f(["finetune", "liteeval", "--shards", str(e2e_shards), "--out",
+                str(tmp_path / "r")]) == 2
+    assert "LiteEval stays on cached features" in capsys.readouterr().err
+    assert c2f(["finetune", "uniform", "--shards", str(e2e_shards), "--out",
+                str(tmp_path / "r"), "--set", "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert c2f(["finetune", "uniform", "--shards", str(e2e_shards), "--out",
+                str(tmp_path / "r"), "--batch-size", "3", "--workers", "2"]) == 2
+    assert "multiple of workers" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

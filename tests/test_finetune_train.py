@@ -117,7 +117,7 @@ def test_export_loads_into_extract_and_reproduces_the_finetuned_features(
     store_dir = tmp_path / "store"
     assert c2f(["extract", "--shards", str(small_shards), "--out", str(store_dir),
                 "--view", "fine=resnet18@32", "--weights", f"fine={exported}",
-                "--threads", "1", "--jpeg-decoder", "pillow"]) == 0
+                "--threads", "1", "--jpeg-decoder", "pillow", "--mode", "inprocess"]) == 0
     store = open_store(store_dir)
     attrs = store.view_attrs("fine")
     assert attrs["weights_sha256"] == meta["sha256"]

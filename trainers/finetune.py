@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backbones.tsm import add_temporal_shift
 from featstore.atomic import atomic_path, write_text
 from pipeline.extract import parse_view
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
@@ -97,6 +98,8 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
     views = [dataclasses.replace(v, weights=cfg.weights.get(v.name)) for v in views]
     torch.manual_seed(cfg.seed)
     encoder = ClipEncoder(views, frozen=cfg.freeze)
+    for name in cfg.tsm:
+        add_temporal_shift(encoder.backbones[name], cfg.frames)
     info = encoder.store_info(classes)
     cfg.method_config.validate(info)
     method = method_module(cfg.method).build(cfg.method_config, info)

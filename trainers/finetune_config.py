@@ -36,7 +36,8 @@ class FinetuneConfig:
 
     views: NAME=BACKBONE@SIZE specs, as for `c2f extract`. weights: {view: torchvision-layout
     checkpoint} to start from (random init otherwise). freeze: views whose backbone is not
-    trained. frames: T frames per clip. batch_size: clips per step over all workers.
+    trained. tsm: ResNet views given a temporal shift (backbones/tsm.py; their features then
+    depend on the clip, so `c2f extract` of their export is no longer the same model). frames: T frames per clip. batch_size: clips per step over all workers.
     steps_per_epoch: 0 = ceil(train videos / batch_size). lr: base learning rate (the
     method's policy); backbones get lr x backbone_lr_mult, parameters under a module named
     `head`/`classifier` get lr x head_lr_mult. warmup_epochs: linear warm-up (may be
@@ -55,6 +56,7 @@ class FinetuneConfig:
     views: list[str] = field(default_factory=lambda: ["fine=resnet18@112"])
     weights: dict = field(default_factory=dict)
     freeze: list[str] = field(default_factory=list)
+    tsm: list[str] = field(default_factory=list)
     frames: int = 8
     batch_size: int = 8
     epochs: int = 10
@@ -93,9 +95,9 @@ class FinetuneConfig:
             raise ValueError(f"method {self.method!r} has no end-to-end mode yet; choose one "
                              f"of {list(E2E_METHODS)} (LiteEval stays on cached features)")
         names = [parse_view(v).name for v in self.views]
-        unknown = sorted((set(self.weights) | set(self.freeze)) - set(names))
+        unknown = sorted((set(self.weights) | set(self.freeze) | set(self.tsm)) - set(names))
         if unknown:
-            raise ValueError(f"weights/freeze name unknown views {unknown}; views are {names}")
+            raise ValueError(f"weights/freeze/tsm name unknown views {unknown}; views are {names}")
         for key in ("frames", "batch_size", "epochs", "workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")

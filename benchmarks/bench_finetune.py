@@ -73,18 +73,23 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        shards = args.shards or make_shards(root / "data", 16, args.frames)
-        rows = [run_one(shards, root / f"run-{w}", w, args) for w in args.workers]
+    if max(args.workers) > 1:
+        import ray
+
+        ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False,
+                 log_to_driver=False)
     print(f"resnet18@{args.size}, T={args.frames}, {args.batch} clips/worker/step, "
           f"{args.steps} steps, torch threads {args.threads}; medians after the first step")
     print(f"{'workers':>7} {'data s':>8} {'compute s':>10} {'clips/s/worker':>15} "
-          f"{'data share':>11} {'wall s':>7}")
-    for r in rows:
-        print(f"{r['workers']:>7} {r['data_s']:>8.3f} {r['compute_s']:>10.3f} "
-              f"{r['clips_per_s_per_worker']:>15.2f} {100 * r['data_share']:>10.1f}% "
-              f"{r['wall_s']:>7.1f}")
+          f"{'data share':>11} {'wall s':>7}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shards = args.shards or make_shards(root / "data", 16, args.frames)
+        for w in args.workers:
+            r = run_one(shards, root / f"run-{w}", w, args)
+            print(f"{r['workers']:>7} {r['data_s']:>8.3f} {r['compute_s']:>10.3f} "
+                  f"{r['clips_per_s_per_worker']:>15.2f} {100 * r['data_share']:>10.1f}% "
+                  f"{r['wall_s']:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":

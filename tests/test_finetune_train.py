@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +217,34 @@ def test_end_to_end_uniform_beats_uniform_on_frozen_random_init_features(detail_
           f"{frozen['top1']:.3f} | GFLOPs/video {e2e['gflops_mean']:.3f} both")
     assert e2e["gflops_mean"] == pytest.approx(frozen["gflops_mean"])
     assert e2e["mAP"] > frozen["mAP"] + 0.15 and e2e["top1"] > frozen["top1"]
+
+
+@pytest.mark.slow
+def test_killed_ray_train_worker_resumes_from_the_last_checkpoint(ray_local, small_shards,
+                                                                  tmp_path):
+    cfg = _ray_cfg(small_shards, tmp_path / "run", 2)
+    cfg.epochs = 3
+    # rank 1 ends epoch 1 only after the epoch-0 checkpoint was reported (a barrier)
+    rank1 = tmp_path / "run" / "ranks" / "rank-1-epoch-1.json"
+    killed: list[int] = []
+
+    def kill_rank1_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while not rank1.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if rank1.exists():
+            pid = json.loads(rank1.read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_rank1_after_a_checkpoint)
+    killer.start()
+    run = finetune(cfg)
+    killer.join()
+    assert killed
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    resumes = [r for r in records if r["kind"] == "resume"]
+    epochs = [r["epoch"] for r in records if r["kind"] == "epoch"]
+    print(f"\nkilled rank 1 (pid {killed[0]}); resumed at epochs {[r['epoch'] for r in resumes]}")
+    assert resumes and all(r["epoch"] >= 1 for r in resumes)
+    assert sorted(set(epochs)) == [0, 1, 2] and (run / "eval.json").exists()

@@ -10,7 +10,8 @@ test evaluation and the export of every trained backbone (trainers/export.py). R
     RUN/config.json            resolved FinetuneConfig (a re-run must match it)
     RUN/checkpoints/last.pt    model + optimiser + schedule + RNG + progress, every epoch
     RUN/checkpoints/best.pt    model of the epoch with the best validation mAP
-    RUN/metrics.jsonl          per step (loss parts, lr, data_time, compute_time) and per epoch
+    RUN/metrics.jsonl          per step (loss of the global batch, rank 0's loss parts, lr,
+                               data_time, compute_time), per epoch, and a record per resume
     RUN/ranks/rank-R-epoch-E.json   steps and training videos of each rank in each epoch
     RUN/eval.json, RUN/predictions.jsonl   test evaluation (the run is finished once they exist)
     RUN/export/VIEW.pth (+ VIEW.json)      fine-tuned backbones in torchvision layout
@@ -22,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -210,6 +212,8 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
         start_epoch, state.step, best_map = ck["epoch"], ck["step"], ck["best_map"]
         torch.set_rng_state(ck["rng"])
         records = [r for r in ck["records"] if r["epoch"] < start_epoch]
+        records.append({"kind": "resume", "epoch": start_epoch, "step": state.step,
+                        "from": str(resume)})
         log.info("resuming %s at epoch %d (step %d)", run, start_epoch, state.step)
     train_model = model
     if world > 1:
@@ -254,7 +258,7 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
                - epoch_start}
         # which videos each rank trained on: equal step counts, disjoint shards
         write_text(run / "ranks" / f"rank-{rank}-epoch-{epoch}.json",
-                   json.dumps({"rank": rank, "world": world, "epoch": epoch,
+                   json.dumps({"rank": rank, "world": world, "epoch": epoch, "pid": os.getpid(),
                                "steps": len(losses), "videos": sorted(seen)}) + "\n")
         checkpoint = None
         if rank == 0:

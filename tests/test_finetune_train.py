@@ -248,3 +248,34 @@ def test_killed_ray_train_worker_resumes_from_the_last_checkpoint(ray_local, sma
     print(f"\nkilled rank 1 (pid {killed[0]}); resumed at epochs {[r['epoch'] for r in resumes]}")
     assert resumes and all(r["epoch"] >= 1 for r in resumes)
     assert sorted(set(epochs)) == [0, 1, 2] and (run / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_shards, tmp_path):
+    def cfg():
+        return resolve_finetune_config(
+            "arnet", shards=small_shards, out=tmp_path / "arnet",
+            views=["r32=resnet18@32", "r16=resnet18@16"], frames=4, batch_size=4, epochs=6,
+            steps_per_epoch=1, optimizer="adamw", lr=1e-3,
+            sets=["method_config.views=r32,r16", "skips=1", "hidden=16", "val_split=train",
+                  "precise_bn_batches=1", "warmup_epochs=0"])
+
+    def snapshot(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+        policy = torch.cat([v.flatten() for k, v in state.items() if k.startswith(
+            ("method.lstm.", "method.gate."))])
+        return policy, state["encoder.backbones.r32.conv1.weight"].clone()
+
+    run = finetune(cfg(), stop_after_epochs=4)  # warmup 0, joint 1-2, finetune 3
+    policy_a3, backbone_a3 = snapshot(run)
+    finetune(cfg())  # resumes: finetune epochs 4-5
+    policy_end, backbone_end = snapshot(run)
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in records if r["kind"] == "epoch"]
+    assert stages == ["warmup", "joint", "joint", "finetune", "finetune", "finetune"]
+    assert torch.equal(policy_a3, policy_end)  # policy frozen
+    assert not torch.equal(backbone_a3, backbone_end)  # ... while the backbones fine-tune
+    result = json.loads((run / "eval.json").read_text())
+    assert result["videos"] == 4 and result["gflops_mean"] > 0
+    assert sorted((run / "export").glob("*.pth")) == [run / "export" / "r16.pth",
+                                                       run / "export" / "r32.pth"]

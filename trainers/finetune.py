@@ -40,7 +40,7 @@ from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
 from trainers.method import Batch, TrainState
 from trainers.methods import method_module
-from trainers.train import evaluate, write_eval
+from trainers.train import evaluate, stage_plan, write_eval
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +215,22 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
         records.append({"kind": "resume", "epoch": start_epoch, "step": state.step,
                         "from": str(resume)})
         log.info("resuming %s at epoch %d (step %d)", run, start_epoch, state.step)
+    plan = stage_plan(getattr(method_module(cfg.method), "SCHEDULE", None), cfg.epochs)
     train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             log.info("stopping after %d epochs as asked; re-run to resume", stop_after_epochs)
             return run
+        if epoch == start_epoch or plan[epoch] != plan[epoch - 1]:
+            # a staged method (AR-Net A-1 -> A-2 -> A-3) freezes/unfreezes parts per stage;
+            # DDP is rebuilt so it synchronises exactly the parameters that now learn
+            state.stage = plan[epoch]
+            if hasattr(model.method, "configure_stage"):
+                model.method.configure_stage(state.stage)
+            if world > 1:
+                train_model = torch.nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None,
+                    find_unused_parameters=len(set(plan)) > 1)
         state.epoch, state.training = epoch, True
         model.train()
         train_loader.set_epoch(epoch)
@@ -247,13 +255,15 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             state.step += 1
             losses.append(_global_mean(loss.detach(), world))
             records.append({"kind": "step", "epoch": epoch, "step": state.step, "rank": rank,
+                            "stage": state.stage,
                             "loss": losses[-1], **{k: float(v) for k, v in parts.items()},
                             "lr": opt.param_groups[0]["lr"], "data_time": t1 - t0,
                             "compute_time": t2 - t1})
             if state.step % cfg.log_every == 0:
                 log.info("epoch %d step %d loss %.4f", epoch, state.step, losses[-1])
             t0 = time.perf_counter()
-        rec = {"kind": "epoch", "epoch": epoch, "rank": rank, "steps": len(losses),
+        rec = {"kind": "epoch", "epoch": epoch, "rank": rank, "stage": state.stage,
+               "steps": len(losses),
                "train_loss": float(np.mean(losses)), "epoch_time": time.perf_counter()
                - epoch_start}
         # which videos each rank trained on: equal step counts, disjoint shards
@@ -285,6 +295,7 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
         if on_epoch is not None:
             on_epoch(epoch, rec, checkpoint)
     if rank == 0:
+        state.stage = plan[-1]
         finish_run(cfg, model, info, setup.classes, setup.sizes, device, state)
     return run
 

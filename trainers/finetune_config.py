@@ -27,7 +27,7 @@ from trainers.config import convert, parse_sets, read_config_file
 from trainers.methods import PRESETS, method_module
 
 #: methods that run end to end (LiteEval stays on cached features: docs/finetune.md)
-E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf")
+E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf", "arnet", "random-policy")
 
 
 @dataclass

@@ -25,10 +25,12 @@ def is_head(name: str) -> bool:
 
 def param_groups(encoder: nn.Module, method: nn.Module, lr: float, backbone_mult: float,
                  head_mult: float) -> list[dict]:
-    """Optimizer groups 'backbone', 'heads', 'policy' (empty ones left out), trainable only."""
+    """Optimizer groups 'backbone', 'heads', 'policy' (empty ones left out): the encoder's
+    trainable backbones and every method parameter (a staged method such as AR-Net freezes
+    and unfreezes its policy per stage; a frozen parameter has no gradient and is skipped)."""
     backbone = [p for p in encoder.parameters() if p.requires_grad]
-    heads = [p for n, p in method.named_parameters() if p.requires_grad and is_head(n)]
-    policy = [p for n, p in method.named_parameters() if p.requires_grad and not is_head(n)]
+    heads = [p for n, p in method.named_parameters() if is_head(n)]
+    policy = [p for n, p in method.named_parameters() if not is_head(n)]
     groups = [("backbone", backbone, lr * backbone_mult), ("heads", heads, lr * head_mult),
               ("policy", policy, lr)]
     return [{"name": n, "params": ps, "lr": rate} for n, ps, rate in groups if ps]

@@ -1,4 +1,4 @@
-"""Temporal shift (TSM) as a ResNet option: what moves where, and names that stay torchvision's."""
+"""Temporal shift (TSM) as a ResNet option, and bf16 autocast of the encoder."""
 
 from __future__ import annotations
 
@@ -34,3 +34,18 @@ def test_tsm_resnet_keeps_names_and_mixes_frames_of_a_clip_only():
     for h in handles:
         h.remove()
     assert torch.allclose(model.forward_features(x), plain)
+
+
+def test_bf16_encoder_hands_the_method_float32_features():
+    from pipeline.extract import parse_view
+    from trainers.encoder import ClipEncoder
+
+    views = [parse_view("a=resnet18@32")]
+    clips = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        full = ClipEncoder(views, with_stages=True).eval()(clips, torch.ones(1, 2), ["v"])
+        half = ClipEncoder(views, with_stages=True, bf16=True).eval()(clips, torch.ones(1, 2),
+                                                                      ["v"])
+    assert half.features["a"].dtype == half.stages["a"]["res3"].dtype == torch.float32
+    assert not torch.equal(half.features["a"], full.features["a"])  # it did run in bf16
+    torch.testing.assert_close(half.features["a"], full.features["a"], rtol=0.05, atol=0.05)

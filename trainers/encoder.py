@@ -44,13 +44,18 @@ def clip_sizes(views: Sequence[ExtractView]) -> tuple[int, ...]:
 
 
 class ClipEncoder(nn.Module):
-    """One backbone per view; `frozen` views keep eval-mode BatchNorm and get no gradients."""
+    """One backbone per view; `frozen` views keep eval-mode BatchNorm and get no gradients.
+
+    bf16: run the backbones under bfloat16 autocast; the features leave as float32, so the
+    method (Gumbel sampling, log-softmax, losses) always computes in float32.
+    """
 
     def __init__(
         self,
         views: Sequence[ExtractView],
         with_stages: bool = False,
         frozen: Sequence[str] = (),
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         names = [v.name for v in views]
@@ -62,6 +67,7 @@ class ClipEncoder(nn.Module):
         self.views = {v.name: v for v in views}
         self.with_stages = with_stages
         self.frozen = tuple(frozen)
+        self.bf16 = bf16
         self.backbones = nn.ModuleDict({v.name: build_view_backbone(v) for v in views})
         for backbone in self.backbones.values():
             # the ImageNet classifier is not part of the features: kept (the export stays in
@@ -129,10 +135,12 @@ class ClipEncoder(nn.Module):
             b, t = x.shape[:2]
             frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
             grad = torch.is_grad_enabled() and name not in self.frozen
-            with torch.set_grad_enabled(grad):
+            amp = torch.autocast(frames.device.type, dtype=torch.bfloat16,
+                                 enabled=self.bf16)
+            with torch.set_grad_enabled(grad), amp:
                 if self.with_stages:
                     out = self.backbones[name].forward_stages(frames)
-                    stages[name] = {s: y.view(b, t, -1) for s, y in out.items()
+                    stages[name] = {s: y.float().view(b, t, -1) for s, y in out.items()
                                     if s not in ("features", "logits")}
                     feats = out["features"]
                 else:

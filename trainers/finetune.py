@@ -99,7 +99,8 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
     views = [parse_view(v) for v in cfg.views]
     views = [dataclasses.replace(v, weights=cfg.weights.get(v.name)) for v in views]
     torch.manual_seed(cfg.seed)
-    encoder = ClipEncoder(views, frozen=cfg.freeze)
+    encoder = ClipEncoder(views, frozen=cfg.freeze,
+                          bf16=cfg.bf16 and torch.device(cfg.device).type == "cuda")
     for name in cfg.tsm:
         add_temporal_shift(encoder.backbones[name], cfg.frames)
     info = encoder.store_info(classes)

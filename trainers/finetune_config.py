@@ -44,7 +44,8 @@ class FinetuneConfig:
     fractional). schedule: cosine to 0, or multistep (x0.1 at each epoch in `milestones`).
     clip_grad: max gradient norm (0 = off). precise_bn_batches: batches of training videos
     (evaluation crops) over which BatchNorm statistics are recomputed before each validation
-    (0 = keep the running averages). workers: Ray Train workers (1 = no Ray).
+    (0 = keep the running averages). bf16: bfloat16 autocast of the backbones on CUDA (the
+    method stays float32; no effect on CPU). workers: Ray Train workers (1 = no Ray).
     gpus_per_worker: GPUs each worker holds (0 = CPU and gloo). address: Ray cluster address
     (None = a local Ray). storage: checkpoint storage every node can read (required for a
     multi-node run). max_failures: worker failures Ray Train recovers from.
@@ -72,6 +73,7 @@ class FinetuneConfig:
     milestones: list[int] = field(default_factory=list)
     clip_grad: float = 20.0
     precise_bn_batches: int = 8
+    bf16: bool = True
     seed: int = 0
     device: str = "cpu"
     val_split: str = "val"

@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 def _worker(config: dict) -> None:
     """Ray Train's per-worker function: rebuild the config, resume from Ray's checkpoint."""
     import ray.train
+    import ray.train.torch
     import torch
 
     cfg = finetune_config_from_dict(config["cfg"])
+    if cfg.gpus_per_worker > 0:
+        cfg.device = str(ray.train.torch.get_device())  # this worker's GPU
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     resume = None
     checkpoint = ray.train.get_checkpoint()

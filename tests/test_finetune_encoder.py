@@ -132,3 +132,24 @@ def test_finetune_cli_refuses_what_cannot_run(e2e_shards, tmp_path, capsys):
                 str(tmp_path / "r"), "--batch-size", "3", "--workers", "2"]) == 2
     assert "multiple of workers" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_mfnet3d_uniform_end_to_end_takes_whole_clips():
+    from backbones.flops import view_cost
+    from trainers.encoder import EndToEnd, parse_clip_view
+    from trainers.method import TrainState
+    from trainers.methods import method_module
+
+    encoder = ClipEncoder([parse_clip_view("clip=mfnet3d@32")])
+    info = encoder.store_info(["a", "b"], frames=8)
+    assert info.views["clip"].gmacs_per_frame == pytest.approx(view_cost("mfnet3d", 32, 8).gmacs)
+    module = method_module("uniform")
+    model = EndToEnd(encoder, module.build(module.Config(view="clip"), info)).train()
+    out, batch = model(torch.randn(2, 8, 3, 32, 32), torch.eye(2), ["x", "y"], TrainState())
+    assert batch.features["clip"].shape == (2, 1, encoder.backbones["clip"].feature_dim)
+    assert out.gflops == pytest.approx(torch.full((2,), info.views["clip"].gmacs_per_frame),
+                                       rel=0.01)  # one clip's cost (+ the tiny head)
+    model.method.loss(out, batch, TrainState())[0].backward()
+    assert encoder.backbones["clip"].conv1.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot share"):
+        ClipEncoder([parse_clip_view("clip=mfnet3d@32"), parse_view("a=resnet18@32")])

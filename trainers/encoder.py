@@ -20,12 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones import build_backbone
+from backbones import CLIP_BACKBONES, build_backbone
 from backbones.flops import view_cost
 from backbones.staged import StagedBackbone
-from pipeline.extract import RANDOM_INIT_SEED, ExtractView
+from pipeline.extract import RANDOM_INIT_SEED, ExtractView, parse_view
 from trainers.data import StoreInfo, ViewInfo
 from trainers.method import Batch, MethodOutput, TrainState
+
+
+def parse_clip_view(spec: str) -> ExtractView:
+    """'NAME=BACKBONE@SIZE' as `c2f extract` parses it, but clip (3D) backbones allowed: an
+    end-to-end run feeds them whole clips."""
+    name, _, rest = spec.partition("=")
+    if rest.partition("@")[0] in CLIP_BACKBONES:
+        backbone, _, size = rest.partition("@")
+        if not (name and size.isdigit()):
+            raise ValueError(f"bad view {spec!r}: expected NAME=BACKBONE@SIZE")
+        return ExtractView(name=name, backbone=backbone, input_size=int(size))
+    return parse_view(spec)
 
 
 def build_view_backbone(view: ExtractView) -> StagedBackbone:
@@ -64,6 +76,10 @@ class ClipEncoder(nn.Module):
         unknown = sorted(set(frozen) - set(names))
         if unknown:
             raise ValueError(f"frozen names unknown views {unknown}; views are {names}")
+        kinds = {v.backbone in CLIP_BACKBONES for v in views}
+        if len(kinds) > 1:
+            raise ValueError("clip (3D) and image views cannot share a Batch: their time axes "
+                             "differ (one feature per clip vs one per frame)")
         self.views = {v.name: v for v in views}
         self.with_stages = with_stages
         self.frozen = tuple(frozen)
@@ -83,12 +99,13 @@ class ClipEncoder(nn.Module):
             self.backbones[name].eval()
         return self
 
-    def store_info(self, classes: Sequence[str]) -> StoreInfo:
+    def store_info(self, classes: Sequence[str], frames: int = 1) -> StoreInfo:
         """What the methods' Config.validate/build read, as a store of these views with stage
         features would say it (dims and per-stage costs measured by backbones.flops)."""
         infos = {}
         for name, v in self.views.items():
-            cost = view_cost(v.backbone, v.input_size)
+            clip = v.backbone in CLIP_BACKBONES
+            cost = view_cost(v.backbone, v.input_size, frames if clip else 1)
             stages = list(cost.stage_gmacs)
             infos[name] = ViewInfo(
                 name=name,
@@ -125,7 +142,8 @@ class ClipEncoder(nn.Module):
         """Clips (one tensor, or {size: tensor}) -> the Batch a cached method takes.
 
         Every clip holds T real frames (the loader repeats frames of short videos), so
-        lengths are T and the mask is all True.
+        lengths are T and the mask is all True; a clip (3D) backbone gives one feature per
+        clip (length 1, its cost that of the whole T-frame clip: `store_info(frames=T)`).
         """
         features: dict[str, torch.Tensor] = {}
         stages: dict[str, dict[str, torch.Tensor]] = {}
@@ -133,7 +151,10 @@ class ClipEncoder(nn.Module):
             v = self.views[name]
             x = self.view_input(clips, v.input_size)
             b, t = x.shape[:2]
-            frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            if v.backbone in CLIP_BACKBONES:  # one feature per clip: [B, 3, T, S, S] -> [B, 1, D]
+                frames, t = x.transpose(1, 2).contiguous(), 1
+            else:
+                frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
             grad = torch.is_grad_enabled() and name not in self.frozen
             amp = torch.autocast(frames.device.type, dtype=torch.bfloat16,
                                  enabled=self.bf16)

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backbones import CLIP_BACKBONES
 from backbones.tsm import add_temporal_shift
 from featstore.atomic import atomic_path, write_text
-from pipeline.extract import parse_view
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
-from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes
+from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
 from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
 from trainers.method import Batch, TrainState
@@ -87,6 +87,7 @@ class E2ESetup:
     classes: list[str]
     sizes: tuple[int, ...]
     train_videos: int
+    contiguous: bool  # clip backbones take T consecutive frames (MF-Net 3D)
 
 
 def build_model(cfg: FinetuneConfig) -> E2ESetup:
@@ -96,20 +97,22 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
     train_videos = sum(1 for e in entries if e.split == "train")
     if not train_videos:
         raise ValueError(f"shards {cfg.shards} hold no 'train' videos")
-    views = [parse_view(v) for v in cfg.views]
+    views = [parse_clip_view(v) for v in cfg.views]
     views = [dataclasses.replace(v, weights=cfg.weights.get(v.name)) for v in views]
     torch.manual_seed(cfg.seed)
     encoder = ClipEncoder(views, frozen=cfg.freeze,
                           bf16=cfg.bf16 and torch.device(cfg.device).type == "cuda")
     for name in cfg.tsm:
         add_temporal_shift(encoder.backbones[name], cfg.frames)
-    info = encoder.store_info(classes)
+    info = encoder.store_info(classes, cfg.frames)
     cfg.method_config.validate(info)
     method = method_module(cfg.method).build(cfg.method_config, info)
     encoder.with_stages = bool(method.needs_stages)
     model = EndToEnd(encoder, method)
-    sizes = clip_sizes([encoder.views[v] for v in method.required_views])
-    return E2ESetup(model, info, classes, sizes, train_videos)
+    used = [encoder.views[v] for v in method.required_views]
+    sizes = clip_sizes(used)
+    return E2ESetup(model, info, classes, sizes, train_videos,
+                    any(v.backbone in CLIP_BACKBONES for v in used))
 
 
 def encoded_batches(model: EndToEnd, loader: ClipLoader,
@@ -188,9 +191,10 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
     model, info = setup.model.to(device), setup.info
     urls = shard_urls(cfg.shards)
     steps = cfg.steps_per_epoch or math.ceil(setup.train_videos / cfg.batch_size)
-    train_loader = ClipLoader(urls, ClipSpec(cfg.frames, setup.sizes, True), setup.classes,
+    train_loader = ClipLoader(urls, ClipSpec(cfg.frames, setup.sizes, True, setup.contiguous),
+                              setup.classes,
                               "train", cfg.batch_size // world, steps, cfg.seed)
-    eval_spec = ClipSpec(cfg.frames, setup.sizes, False)
+    eval_spec = ClipSpec(cfg.frames, setup.sizes, False, setup.contiguous)
     val_loader = ClipLoader(urls, eval_spec, setup.classes, cfg.val_split, cfg.batch_size)
     if len(val_loader) == 0:
         log.warning("no %r videos: best.pt follows the training split", cfg.val_split)
@@ -297,12 +301,12 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             on_epoch(epoch, rec, checkpoint)
     if rank == 0:
         state.stage = plan[-1]
-        finish_run(cfg, model, info, setup.classes, setup.sizes, device, state)
+        finish_run(cfg, model, info, setup.classes, eval_spec, device, state)
     return run
 
 
 def finish_run(cfg: FinetuneConfig, model: EndToEnd, info, classes: list[str],
-               sizes: tuple[int, ...], device: torch.device, state: TrainState) -> None:
+               eval_spec: ClipSpec, device: torch.device, state: TrainState) -> None:
     """Best weights -> test evaluation (eval.json) -> RUN/export/VIEW.pth for every view."""
     from trainers.export import export_backbones
 
@@ -310,8 +314,8 @@ def finish_run(cfg: FinetuneConfig, model: EndToEnd, info, classes: list[str],
     ck = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
     export_backbones(model.encoder, run)
-    loader = ClipLoader(shard_urls(cfg.shards), ClipSpec(cfg.frames, sizes, False), classes,
-                        cfg.eval_split, cfg.batch_size)
+    loader = ClipLoader(shard_urls(cfg.shards), eval_spec, classes, cfg.eval_split,
+                        cfg.batch_size)
     if len(loader) == 0:
         raise ValueError(f"shards {cfg.shards} hold no {cfg.eval_split!r} videos")
     state.training = False

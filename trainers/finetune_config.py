@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.extract import parse_view
 from trainers.config import convert, parse_sets, read_config_file
+from trainers.encoder import parse_clip_view
 from trainers.methods import PRESETS, method_module
 
 #: methods that run end to end (LiteEval stays on cached features: docs/finetune.md)
@@ -96,7 +96,7 @@ class FinetuneConfig:
         if self.method not in E2E_METHODS:
             raise ValueError(f"method {self.method!r} has no end-to-end mode yet; choose one "
                              f"of {list(E2E_METHODS)} (LiteEval stays on cached features)")
-        names = [parse_view(v).name for v in self.views]
+        names = [parse_clip_view(v).name for v in self.views]
         unknown = sorted((set(self.weights) | set(self.freeze) | set(self.tsm)) - set(names))
         if unknown:
             raise ValueError(f"weights/freeze/tsm name unknown views {unknown}; views are {names}")

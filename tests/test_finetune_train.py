@@ -279,3 +279,24 @@ def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_sha
     assert result["videos"] == 4 and result["gflops_mean"] > 0
     assert sorted((run / "export").glob("*.pth")) == [run / "export" / "r16.pth",
                                                        run / "export" / "r32.pth"]
+
+
+@pytest.mark.slow
+def test_c2f_end_to_end_trains_both_pathways_and_measures_its_exit_errors(small_shards,
+                                                                          tmp_path):
+    with pytest.raises(ValueError, match="--freeze fine"):
+        resolve_finetune_config("c2f", shards=small_shards, out=tmp_path / "x",
+                                views=["coarse=resnet18@16", "fine=resnet18@32"],
+                                sets=["mode=classroom"])
+    cfg = resolve_finetune_config(
+        "c2f", shards=small_shards, out=tmp_path / "c2f",
+        views=["coarse=resnet18@16", "fine=resnet18@32"], frames=4, batch_size=4, epochs=2,
+        steps_per_epoch=1, optimizer="adamw", lr=1e-3,
+        sets=["tsm=fine", "head_hidden=0", "val_split=train", "precise_bn_batches=1"])
+    run = finetune(cfg)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert torch.isfinite(best["method.train_errors"]).all()  # eq. 5's rates, measured
+    first = torch.load(run / "export" / "coarse.pth", weights_only=True)
+    assert set(first) == set(build_model(cfg).model.encoder.backbones["coarse"].state_dict())
+    result = json.loads((run / "eval.json").read_text())
+    assert result["videos"] == 4 and result["gflops_mean"] > 0

@@ -78,6 +78,17 @@ def prepare_run_dir(run: Path, resolved: dict) -> bool:
     return False
 
 
+class EncodedLoader:
+    """A re-iterable of method Batches over a clip loader (for a method's `after_training`
+    hook, which may iterate its loader more than once)."""
+
+    def __init__(self, model: EndToEnd, loader: ClipLoader, device: torch.device) -> None:
+        self.model, self.loader, self.device = model, loader, device
+
+    def __iter__(self) -> Iterator[Batch]:
+        return encoded_batches(self.model, self.loader, self.device)
+
+
 @dataclasses.dataclass
 class E2ESetup:
     """Everything the loop and the evaluation need, built the same way on every rank."""
@@ -313,9 +324,15 @@ def finish_run(cfg: FinetuneConfig, model: EndToEnd, info, classes: list[str],
     run = Path(cfg.out)
     ck = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
+    urls = shard_urls(cfg.shards)
+    module = method_module(cfg.method)
+    if hasattr(module, "after_training"):
+        # e.g. C2F measures its training error rates (eq. 5) on the final weights
+        train = ClipLoader(urls, eval_spec, classes, "train", cfg.batch_size)
+        module.after_training(model.method, EncodedLoader(model, train, device))
+        _save(run / "checkpoints" / "best.pt", {**ck, "model": model.state_dict()})
     export_backbones(model.encoder, run)
-    loader = ClipLoader(shard_urls(cfg.shards), eval_spec, classes, cfg.eval_split,
-                        cfg.batch_size)
+    loader = ClipLoader(urls, eval_spec, classes, cfg.eval_split, cfg.batch_size)
     if len(loader) == 0:
         raise ValueError(f"shards {cfg.shards} hold no {cfg.eval_split!r} videos")
     state.training = False

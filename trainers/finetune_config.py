@@ -27,7 +27,7 @@ from trainers.encoder import parse_clip_view
 from trainers.methods import PRESETS, method_module
 
 #: methods that run end to end (LiteEval stays on cached features: docs/finetune.md)
-E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf", "arnet", "random-policy")
+E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf", "arnet", "random-policy", "c2f")
 
 
 @dataclass
@@ -100,6 +100,10 @@ class FinetuneConfig:
         unknown = sorted((set(self.weights) | set(self.freeze) | set(self.tsm)) - set(names))
         if unknown:
             raise ValueError(f"weights/freeze/tsm name unknown views {unknown}; views are {names}")
+        if (self.method == "c2f" and self.method_config.mode == "classroom"
+                and self.method_config.views[-1] not in self.freeze):
+            raise ValueError("C2F classroom distillation (eq. 4) learns from a frozen fine "
+                             f"pathway: add --freeze {self.method_config.views[-1]}")
         for key in ("frames", "batch_size", "epochs", "workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")

@@ -300,3 +300,17 @@ def test_c2f_end_to_end_trains_both_pathways_and_measures_its_exit_errors(small_
     assert set(first) == set(build_model(cfg).model.encoder.backbones["coarse"].state_dict())
     result = json.loads((run / "eval.json").read_text())
     assert result["videos"] == 4 and result["gflops_mean"] > 0
+
+
+@pytest.mark.slow
+def test_sofnet_end_to_end_reads_live_stage_outputs(small_shards, tmp_path):
+    cfg = resolve_finetune_config(
+        "sofnet", shards=small_shards, out=tmp_path / "sofnet", views=["fine=resnet18@32"],
+        frames=4, batch_size=4, epochs=5, steps_per_epoch=1, optimizer="adamw", lr=1e-3,
+        sets=["hidden=16", "embed=16", "mlp_hidden=16", "val_split=train",
+              "precise_bn_batches=1"])
+    run = finetune(cfg)
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records if r["kind"] == "epoch"] == ["warmup"] + ["joint"] * 4
+    result = json.loads((run / "eval.json").read_text())
+    assert result["videos"] == 4 and 0 < result["gflops_mean"]

@@ -27,7 +27,8 @@ from trainers.encoder import parse_clip_view
 from trainers.methods import PRESETS, method_module
 
 #: methods that run end to end (LiteEval stays on cached features: docs/finetune.md)
-E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf", "arnet", "random-policy", "c2f")
+E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf", "arnet", "random-policy", "c2f",
+               "sofnet")
 
 
 @dataclass

@@ -63,7 +63,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="train a method end to end from shards (backbones too)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", nargs="?", help="uniform (default), lstm, uniform-cf, lstm-cf")
+    p.add_argument("method", nargs="?", help="uniform (default), lstm, uniform-cf, lstm-cf, "
+                   "arnet, random-policy, c2f, sofnet (LiteEval stays on cached features)")
     p.add_argument("--shards", help="folder of shard-*.tar written by `c2f shards`")
     p.add_argument("--out", help="run directory")
     p.add_argument("--view", action="append", default=[], metavar="NAME=BACKBONE@SIZE",

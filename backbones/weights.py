@@ -8,6 +8,7 @@ its tensors yields features that look fine and are wrong.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -103,3 +104,28 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     sha = file_sha256(path)
     log.info("loaded weights %s (sha256 %s) into %s", path, sha[:12], type(model).__name__)
     return sha
+
+
+def provenance_path(weights: str | Path) -> Path:
+    """The sidecar an export writes next to a checkpoint: `X.pth` -> `X.json`."""
+    return Path(weights).with_suffix(".json")
+
+
+def weights_provenance(weights: str | Path, sha256: str) -> dict[str, str]:
+    """{'weights_run': RUN} when `weights` is an export of a fine-tuning run (its sidecar
+    names the run and the file's sha256 matches `sha256`), else {} (a stale sidecar is
+    ignored with a warning, so a store never names a run that did not make its weights)."""
+    sidecar = provenance_path(weights)
+    if not sidecar.is_file():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        log.warning("unreadable provenance sidecar %s: ignored", sidecar)
+        return {}
+    if not isinstance(meta, dict) or "run" not in meta:
+        return {}
+    if meta.get("sha256") != sha256:
+        log.warning("%s does not describe %s (sha256 differs): ignored", sidecar, weights)
+        return {}
+    return {"weights_run": str(meta["run"])}

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from backbones import CLIP_BACKBONES, build_backbone
+from backbones.weights import weights_provenance
 from featstore import (
     StoreError,
     StoreWriter,
@@ -289,6 +290,8 @@ def view_spec(lv: LoadedView, jpeg_decoder: str = "pillow") -> ViewSpec:
     }
     if v.weights is None:
         attrs["random_init_seed"] = RANDOM_INIT_SEED
+    else:
+        attrs.update(weights_provenance(v.weights, lv.weights_sha256))  # a fine-tuning run's
     return ViewSpec(dim=lv.feature_dim, backbone=v.backbone, input_size=v.input_size, attrs=attrs)
 
 

@@ -2,7 +2,9 @@
 
 `plan_extraction` lists one ExtractPlan per shard; `extract_shard(plan)` is the unit of
 distributed work (a plain function: Ray only schedules it) and skips parts that already exist,
-so an interrupted run resumes; `finalize_store` writes the catalog. Each view runs its own
+so an interrupted run resumes; `finalize_store` writes the catalog. `--device cuda` is checked
+where a plan runs (pipeline/devices.py), never on the driver, so a CPU-only head can plan work
+for GPU workers. Each view runs its own
 backbone at its own input size on the shard's stored frames (views are independent: AR-Net's
 resolution ladder is four views).
 
@@ -31,6 +33,7 @@ import torch
 from backbones import CLIP_BACKBONES, build_backbone
 from featstore import StoreError, StoreWriter, ViewSpec, build_catalog, list_parts, part_path
 from featstore.catalog import open_part
+from pipeline.devices import visible_gpu_ids, worker_device
 from pipeline.jpeg_dali import dali_jpeg_decoder, resolve_jpeg_decoder
 from pipeline.preprocess import preprocess_frames, preprocess_tensors, view_preprocess
 from pipeline.reader import SHARD_GLOB, ShardSample, iter_shard
@@ -99,6 +102,8 @@ class ExtractResult:
     frames: int
     skipped: bool
     seconds: float
+    device: str = "cpu"  # where the backbones ran: cpu or cuda:0 of the visible set
+    gpu_ids: tuple[str, ...] = ()  # the GPUs Ray assigned to the task (CUDA_VISIBLE_DEVICES)
 
     @property
     def videos_ok(self) -> int:
@@ -228,8 +233,6 @@ def _check_runtime(device: str, dtype: str) -> None:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda asked for, but torch sees no CUDA GPU here")
     if device == "cpu" and dtype != "float32":
         raise ValueError(f"dtype {dtype} is for GPU autocast; on CPU extract in float32")
 
@@ -290,7 +293,7 @@ def forward_batch(
     x = x.to(device=device, memory_format=torch.channels_last)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     amp = (
-        torch.autocast(device, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        torch.autocast(torch.device(device).type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     )
     with torch.inference_mode(), amp:
         out = (
@@ -330,7 +333,7 @@ def run_view(
 
 
 def run_views_on_jpegs(
-    loaded: Sequence[LoadedView], jpegs: Sequence[bytes], plan: ExtractPlan
+    loaded: Sequence[LoadedView], jpegs: Sequence[bytes], plan: ExtractPlan, device: str
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every view of a video's JPEGs decoded by DALI (`plan.jpeg_decoder` dali-cpu/-mixed).
 
@@ -347,7 +350,7 @@ def run_views_on_jpegs(
         images = decoder.decode(jpegs[start : start + plan.batch_size])
         for lv in loaded:
             x = preprocess_tensors(images, view_preprocess(lv.view.input_size))
-            chunks[lv.view.name].append(forward_batch(lv, x, plan.dtype, plan.device))
+            chunks[lv.view.name].append(forward_batch(lv, x, plan.dtype, device))
     return {name: _concat(c) for name, c in chunks.items()}
 
 
@@ -360,7 +363,8 @@ def extract_samples(
 
     Returns (videos, frames). The part appears under its final name only when complete.
     """
-    loaded = [load_view(v, plan.device) for v in plan.views]
+    device = worker_device(plan.device)
+    loaded = [load_view(v, device) for v in plan.views]
     dali = plan.jpeg_decoder != "pillow"
     samples = iter(samples)
     first = next(samples, None)
@@ -390,11 +394,11 @@ def extract_samples(
                 log.warning("%s: video %s has no frames; left out", plan.part, sample.key)
                 continue
             if dali and sample.jpegs:
-                outs = run_views_on_jpegs(loaded, sample.jpegs, plan)
+                outs = run_views_on_jpegs(loaded, sample.jpegs, plan, device)
             else:
                 outs = {
                     lv.view.name: run_view(
-                        lv, sample.frames, plan.batch_size, plan.dtype, plan.device
+                        lv, sample.frames, plan.batch_size, plan.dtype, device
                     )
                     for lv in loaded
                 }
@@ -437,7 +441,8 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
             ) from e
         log.info("%s exists: skipped", final)
         return ExtractResult(
-            plan.index, plan.part, videos, frames, True, time.perf_counter() - started
+            plan.index, plan.part, videos, frames, True, time.perf_counter() - started,
+            plan.device, visible_gpu_ids(),
         )
     previous = torch.get_num_threads()
     if plan.threads:
@@ -451,7 +456,10 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
         torch.set_num_threads(previous)
     seconds = time.perf_counter() - started
     log.info("%s: %d videos, %d frames in %.1f s", plan.part, videos, frames, seconds)
-    return ExtractResult(plan.index, plan.part, videos, frames, False, seconds)
+    return ExtractResult(
+        plan.index, plan.part, videos, frames, False, seconds,
+        worker_device(plan.device), visible_gpu_ids(),
+    )
 
 
 def finalize_store(

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from cluster.commands.gpu_stage import add_gpu_args, resolve_stage_resources, run_stage
 from cluster.commands.running import add_run_args, run_with_progress
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -58,6 +59,7 @@ def _add_extraction_args(p: argparse.ArgumentParser) -> None:
                    "--cpus-per-task). Set it to the cores a task really has: oversubscribed "
                    "threads slow CPU inference down many times")
     add_run_args(p)
+    add_gpu_args(p)  # gpuray: --gpus-per-worker, --max-retries
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -110,11 +112,15 @@ def _extract(args: argparse.Namespace) -> int:
 
     try:
         plans = plan_extraction(args.shards, args.out, args.view, _extract_options(args))
+        resolve_stage_resources(args)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"c2f extract: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    if not run_with_progress(extract_shard, plans, args, None, "extract"):
+    ok = run_stage(run_with_progress, args.out, plans, extract_shard, plans, args, None, "extract")
+    if ok is None:
+        return EXIT_BAD_INPUT
+    if not ok:
         return EXIT_PARTIAL
     print(json.dumps(finalize_store(args.out, plans), indent=1))
     return EXIT_OK
@@ -170,11 +176,15 @@ def _build(args: argparse.Namespace) -> int:
             fmt=FrameFormat(args.short_side, None, args.jpeg_quality), backend=args.backend,
             videos_per_shard=args.videos_per_shard, timeout_s=args.timeout,
             extract=_extract_options(args))
+        resolve_stage_resources(args)
     except (mf.ManifestError, ShardSettingsError, ValueError, OSError, RuntimeError) as exc:
         print(f"c2f build: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    ok = run_with_progress(build_shard, plans, args, table.num_rows, "build")
+    ok = run_stage(run_with_progress, args.out, plans, build_shard, plans, args, table.num_rows,
+                   "build")
+    if ok is None:
+        return EXIT_BAD_INPUT
     if not ok:
         return EXIT_PARTIAL
     try:

@@ -164,7 +164,10 @@ def _run_ray(
         total = ray.cluster_resources()
         check_fits(total, ray.available_resources(), need)
         # retry_exceptions=False: an exception is the plan's own fault and would recur; only a
-        # dead worker (crash, OOM kill, lost node) is worth another attempt.
+        # dead worker (crash, OOM kill, lost node) is worth another attempt. Ray's default
+        # max_calls=1 for GPU tasks stays: a reused worker may be handed another GPU while its
+        # CUDA context is bound to the first one; models built once per worker need the actor
+        # pool (cluster/gpu_pool.py), whose actors keep their GPU for life.
         remote = ray.remote(
             **need.ray_options(), max_retries=max_retries, retry_exceptions=False
         )(_apply)

@@ -49,7 +49,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEW = "a=resnet18@64"
-BUILD_ARGS = ["--fps", "1", "--short-side", "72", "--videos-per-shard", "3", "--timeout", "4",
+BUILD_ARGS = ["--fps", "1", "--short-side", "72", "--videos-per-shard", "3", "--timeout", "3",
               "--view", VIEW, "--batch-size", "4", "--threads", "1"]
 FAST_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
               "health_check_failure_threshold": 2}
@@ -96,41 +96,49 @@ def gpu_cluster() -> Iterator[Cluster]:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
-def gpus_seen(pause: float) -> tuple[str, ...]:
-    """What a task sees of its GPUs, after holding them long enough to overlap its peers."""
-    time.sleep(pause)
+def gpus_seen(plan: tuple[str, int, int]) -> tuple[str, ...]:
+    """What a task sees of its GPUs, read while all `peers` tasks hold theirs (a file barrier
+    in `folder`), so the assignment of concurrent tasks is what is observed."""
+    folder, index, peers = plan
+    Path(folder, str(index)).touch()
+    deadline = time.monotonic() + 120
+    while len(os.listdir(folder)) < peers and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert tuple(str(i) for i in ray.get_gpu_ids()) == visible_gpu_ids()
     return visible_gpu_ids()
 
 
-def test_tasks_get_their_own_logical_gpus_and_cpu_stages_none(gpu_cluster) -> None:
-    whole = run_plans(gpus_seen, [1.0] * 4, mode="cluster", num_gpus=1.0)
-    assert all(len(ids) == 1 for ids in whole) and {ids[0] for ids in whole} == {"0", "1"}
-    halves = run_plans(gpus_seen, [1.0] * 4, mode="cluster", num_cpus=0.5, num_gpus=0.5)
-    assert all(len(ids) == 1 for ids in halves) and {ids[0] for ids in halves} == {"0", "1"}
-    assert run_plans(gpus_seen, [0.0] * 2, mode="cluster", num_gpus=0.0) == [(), ()]
+def test_concurrent_tasks_get_their_own_logical_gpus(gpu_cluster, tmp_path) -> None:
+    (tmp_path / "w").mkdir(), (tmp_path / "h").mkdir()
+    whole = run_plans(gpus_seen, [(str(tmp_path / "w"), i, 2) for i in range(2)],
+                      mode="cluster", num_gpus=1.0)
+    assert sorted(whole) == [("0",), ("1",)]
+    halves = run_plans(gpus_seen, [(str(tmp_path / "h"), i, 4) for i in range(4)],
+                       mode="cluster", num_cpus=0.5, num_gpus=0.5)
+    assert sorted(halves) == [("0",), ("0",), ("1",), ("1",)]  # two tasks per GPU
     started = time.monotonic()
     with pytest.raises(ClusterResourceError, match="reserves 3 GPU, but the Ray cluster has 2"):
-        run_plans(gpus_seen, [0.0], mode="cluster", num_gpus=3.0)
+        run_plans(gpus_seen, [(str(tmp_path), 0, 1)], mode="cluster", num_gpus=3.0)
     assert time.monotonic() - started < 5  # refused up front, not a silent wait
 
 
-def die_if_poison(plan: tuple[int, str]) -> int:
-    """Kill the worker process (as a segfault would) for plan 1, after noting the attempt."""
+def die_if_poison(plan: tuple[int, str]) -> tuple[str, ...]:
+    """Kill the worker process (as a segfault would) for plan 1, after noting the attempt;
+    other plans return the GPUs they see."""
     index, attempts_file = plan
     if index == 1:
         with open(attempts_file, "a") as fh:
             fh.write("attempt\n")
         os._exit(11)
-    return index
+    return visible_gpu_ids()
 
 
 def test_a_worker_that_always_dies_is_retried_a_bounded_number_of_times(gpu_cluster, tmp_path):
     attempts = tmp_path / "attempts"
     plans = [(i, str(attempts)) for i in range(3)]
     with pytest.raises(RunError) as info:
-        run_plans(die_if_poison, plans, mode="cluster", num_gpus=0.5, max_retries=1)
-    assert info.value.results == [0, None, 2]
+        run_plans(die_if_poison, plans, mode="cluster", num_gpus=0.0, max_retries=1)
+    assert info.value.results == [(), None, ()]  # a CPU-only stage reserves no GPU
     (failure,) = info.value.failures
     assert (failure.position, failure.attempts, failure.worker_died) == (1, 2, True)
     assert attempts.read_text().count("attempt") == 2
@@ -190,7 +198,7 @@ def assert_same_outputs(out: Path, ref: Path) -> None:
 def plans_for(manifest: Path, out: Path) -> list:
     return plan_build(read_manifest(manifest), out / "shards", out / "store", [VIEW],
                       sampling=SamplingPlan(fps=1.0), fmt=FrameFormat(72), videos_per_shard=3,
-                      timeout_s=4.0, extract=ExtractOptions(batch_size=4, threads=1))
+                      timeout_s=3.0, extract=ExtractOptions(batch_size=4, threads=1))
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:
@@ -207,7 +215,9 @@ def test_build_survives_losing_a_gpu_node(gpu_cluster, poisoned_manifest, refere
     with ThreadPoolExecutor(max_workers=1) as pool:
         driver = pool.submit(run_plans, build_shard, plans, mode="cluster", num_gpus=1.0,
                              max_retries=3)
-        wait_for(lambda: list_parts(out / "store") or driver.done())
+        # The first shard written but not yet its part: that task is in flight on the node.
+        wait_for(lambda: (out / "shards" / "shard-000000.tar").exists() or driver.done())
+        assert "shard-000000" not in list_parts(out / "store")
         victim = next(n for n in gpu_cluster.worker_nodes)
         gpu_cluster.remove_node(victim, allow_graceful=False)  # mid-run, no grace
         gpu_cluster.add_node(num_cpus=2, num_gpus=2)

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from cluster.commands import demo, features, flops, ingest, jobs, training
+from cluster.commands import demo, features, flops, ingest, jobs, plan, training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (ingest, flops, features, training, jobs, demo):
+    for group in (ingest, flops, features, plan, training, jobs, demo):
         group.register(sub)
     return parser
 

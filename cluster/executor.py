@@ -130,7 +130,7 @@ def _apply(fn: Callable[[Any], Any], plan: Any) -> Any:
     return fn(plan)
 
 
-def _connect(mode: str, address: str | None) -> bool:
+def connect(mode: str, address: str | None) -> bool:
     """Initialise Ray for `mode` unless it already is; return whether this call started it."""
     import ray
 
@@ -156,7 +156,7 @@ def _run_ray(
 ) -> list[Any]:
     import ray
 
-    started = _connect(mode, address)
+    started = connect(mode, address)
     results: list[Any] = [None] * len(plans)
     failures: list[TaskFailure] = []
     pending: dict[Any, int] = {}

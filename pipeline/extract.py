@@ -368,23 +368,8 @@ def extract_samples(
     dali = plan.jpeg_decoder != "pillow"
     samples = iter(samples)
     first = next(samples, None)
-    file_attrs = {
-        "shard": plan.shard,
-        "code_version": plan.code_version,
-        "dtype": plan.dtype,
-        "device": plan.device,
-        **dict(attrs or {}),
-    }
-    if first is not None:
-        file_attrs.setdefault("sampling", first.meta.get("sampling"))
-        file_attrs.setdefault("frame_format", first.meta.get("format"))
-    writer = StoreWriter(
-        plan.store_dir,
-        plan.part,
-        {lv.view.name: view_spec(lv, plan.jpeg_decoder) for lv in loaded},
-        stage_dims={lv.view.name: lv.stage_dims for lv in loaded if lv.view.stages} or None,
-        logits_dim={lv.view.name: lv.logits_dim for lv in loaded if lv.view.logits} or None,
-        attrs={k: v for k, v in file_attrs.items() if v is not None},
+    writer = open_part_writer(
+        plan, view_layout(loaded, plan.jpeg_decoder), first.meta if first else None, attrs
     )
     videos = frames = 0
     with writer:
@@ -402,22 +387,82 @@ def extract_samples(
                     )
                     for lv in loaded
                 }
-            writer.add_video(
-                sample.meta.get("video_id", sample.key),
-                sample.meta.get("labels", []),
-                sample.meta.get("split", ""),
-                np.asarray(sample.meta.get("timestamps", range(count)), float),
-                features={name: o["features"] for name, o in outs.items()},
-                logits={name: outs[name]["logits"] for name in writer.logits_dim} or None,
-                stages={
-                    name: {s: outs[name][s] for s in writer.stage_dims[name]}
-                    for name in writer.stage_dims
-                }
-                or None,
-            )
+            add_video_outputs(writer, sample.key, sample.meta, count, outs)
             videos += 1
             frames += count
     return videos, frames
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """What a part's writer needs of a view, without its model: spec and output widths."""
+
+    spec: ViewSpec
+    stage_dims: dict[str, int] | None
+    logits_dim: int | None
+
+
+def view_layout(loaded: Sequence[LoadedView], jpeg_decoder: str) -> dict[str, ViewLayout]:
+    """Layouts of loaded views, e.g. for a writer in another process than the models."""
+    return {
+        lv.view.name: ViewLayout(
+            view_spec(lv, jpeg_decoder),
+            lv.stage_dims if lv.view.stages else None,
+            lv.logits_dim if lv.view.logits else None,
+        )
+        for lv in loaded
+    }
+
+
+def open_part_writer(
+    plan: ExtractPlan,
+    layout: Mapping[str, ViewLayout],
+    first_meta: Mapping[str, object] | None,
+    attrs: Mapping[str, object] | None = None,
+) -> StoreWriter:
+    """The writer of `plan.part`, with the run's attributes (sampling and frame format from
+    the shard's first sample)."""
+    file_attrs = {
+        "shard": plan.shard,
+        "code_version": plan.code_version,
+        "dtype": plan.dtype,
+        "device": plan.device,
+        **dict(attrs or {}),
+    }
+    if first_meta is not None:
+        file_attrs.setdefault("sampling", first_meta.get("sampling"))
+        file_attrs.setdefault("frame_format", first_meta.get("format"))
+    return StoreWriter(
+        plan.store_dir,
+        plan.part,
+        {name: lay.spec for name, lay in layout.items()},
+        stage_dims={n: lay.stage_dims for n, lay in layout.items() if lay.stage_dims} or None,
+        logits_dim={n: lay.logits_dim for n, lay in layout.items() if lay.logits_dim} or None,
+        attrs={k: v for k, v in file_attrs.items() if v is not None},
+    )
+
+
+def add_video_outputs(
+    writer: StoreWriter,
+    key: str,
+    meta: Mapping[str, object],
+    count: int,
+    outs: Mapping[str, Mapping[str, np.ndarray]],
+) -> None:
+    """Add one video's per-view outputs (features, logits, stages) to a part."""
+    writer.add_video(
+        meta.get("video_id", key),
+        meta.get("labels", []),
+        meta.get("split", ""),
+        np.asarray(meta.get("timestamps", range(count)), float),
+        features={name: o["features"] for name, o in outs.items()},
+        logits={name: outs[name]["logits"] for name in writer.logits_dim} or None,
+        stages={
+            name: {s: outs[name][s] for s in writer.stage_dims[name]}
+            for name in writer.stage_dims
+        }
+        or None,
+    )
 
 
 def _chain(first: ShardSample | None, rest: Iterator[ShardSample]) -> Iterator[ShardSample]:
@@ -426,9 +471,9 @@ def _chain(first: ShardSample | None, rest: Iterator[ShardSample]) -> Iterator[S
         yield from rest
 
 
-def extract_shard(plan: ExtractPlan) -> ExtractResult:
-    """Extract every view of one shard into part `plan.part`, or skip it if already there."""
-    started = time.perf_counter()
+def finished_part(plan: ExtractPlan, started: float) -> ExtractResult | None:
+    """The skipped-result of a part that already exists (its file is its completion record),
+    None when it has to be made."""
     final = part_path(plan.store_dir, plan.part)
     if final.exists():
         try:
@@ -444,6 +489,15 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
             plan.index, plan.part, videos, frames, True, time.perf_counter() - started,
             plan.device, visible_gpu_ids(),
         )
+    return None
+
+
+def extract_shard(plan: ExtractPlan) -> ExtractResult:
+    """Extract every view of one shard into part `plan.part`, or skip it if already there."""
+    started = time.perf_counter()
+    done = finished_part(plan, started)
+    if done is not None:
+        return done
     previous = torch.get_num_threads()
     if plan.threads:
         # Oversubscribed intra-op threads are pathological on busy machines (measured 50x

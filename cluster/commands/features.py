@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from cluster.commands.gpu_stage import add_gpu_args, resolve_stage_resources, run_stage
-from cluster.commands.running import add_run_args, run_with_progress
+from cluster.commands.running import add_run_args
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -117,7 +117,7 @@ def _extract(args: argparse.Namespace) -> int:
         print(f"c2f extract: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    ok = run_stage(run_with_progress, args.out, plans, extract_shard, plans, args, None, "extract")
+    ok = run_stage(extract_shard, plans, args, None, "extract", args.out)
     if ok is None:
         return EXIT_BAD_INPUT
     if not ok:
@@ -181,8 +181,7 @@ def _build(args: argparse.Namespace) -> int:
         print(f"c2f build: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _warn_random_init(plans)
-    ok = run_stage(run_with_progress, args.out, plans, build_shard, plans, args, table.num_rows,
-                   "build")
+    ok = run_stage(build_shard, plans, args, table.num_rows, "build", args.out)
     if ok is None:
         return EXIT_BAD_INPUT
     if not ok:

@@ -19,6 +19,18 @@ def add_gpu_args(p: argparse.ArgumentParser) -> None:
                    help="re-runs of a task whose worker died (crash, OOM kill, lost node) before "
                    "its shard is recorded in OUT/failures.parquet (%(default)s); a task that "
                    "raises is not retried")
+    p.add_argument("--pool", type=int, default=0, metavar="N",
+                   help="run the backbones in N long-lived Ray workers that build each model "
+                   "once, fed fixed-size batches (--batch-size, spanning videos) by CPU decode "
+                   "tasks (--cpus-per-task each), the next shard decoded while the current one "
+                   "runs; 0: one task per shard that decodes and runs the models itself "
+                   "(%(default)s)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N",
+                   help="with --pool: CPUs each backbone worker holds for its life "
+                   "(%(default)s)")
+    p.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="with --pool: batches queued per worker before decoding pauses "
+                   "(%(default)s)")
 
 
 def resolve_stage_resources(args: argparse.Namespace) -> None:
@@ -29,6 +41,10 @@ def resolve_stage_resources(args: argparse.Namespace) -> None:
     args.num_gpus = gpus_for_stage(args.device, args.gpus_per_worker)
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
+    if args.pool < 0 or args.prefetch < 1:
+        raise ValueError("--pool must be >= 0 and --prefetch >= 1")
+    if args.pool and args.mode == "inprocess":
+        raise ValueError("--pool runs on Ray: use --mode local or cluster")
     if args.mode == "inprocess" and args.address is None:
         from pipeline.devices import worker_device
 
@@ -52,16 +68,55 @@ def failures_writer(store: Path, plans: Sequence) -> Callable[[list], None]:
     return write
 
 
-def run_stage(run: Callable[..., bool], store: Path, plans: Sequence, *args) -> bool | None:
-    """Call run_with_progress-like `run(*args, on_failures=...)`; None if the cluster can never
-    schedule a task (message printed). A complete run removes the previous failures table."""
+def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
+                           total_videos: int | None, name: str,
+                           on_failures: Callable[[list], None] | None = None) -> bool:
+    """As running.run_with_progress, through the backbone worker pool (`fn` is not used: the
+    pool runs the same stages split across decode tasks, workers and writer tasks)."""
+    from cluster.executor import RunError
+    from cluster.gpu_pool import PoolSettings, run_pool
+    from cluster.progress import Progress
+
+    settings = PoolSettings(pool_size=args.pool, gpus_per_worker=args.num_gpus,
+                            cpus_per_worker=args.cpus_per_worker,
+                            decode_cpus=args.cpus_per_task, prefetch=args.prefetch,
+                            max_retries=args.max_retries)
+    progress = Progress(len(plans), total_videos=total_videos, unit="shards")
+    mode = args.mode if args.address is None or args.mode != "local" else "cluster"
+    stats: list[dict] = []
+    try:
+        run_pool(plans, settings, mode=mode, address=args.address, on_result=progress.update,
+                 stats=stats)
+    except RunError as exc:
+        progress.close()
+        if on_failures is not None:
+            on_failures(exc.failures)
+        print(f"c2f {name}: {exc}\nre-run the same command to finish the failed shards "
+              "(finished ones are kept and skipped)", file=sys.stderr)
+        return False
+    progress.close()
+    for i, s in enumerate(stats):
+        busy = s["busy_s"] / max(s["busy_s"] + s["wait_s"], 1e-9)
+        print(f"[c2f] worker {i} ({s['device']}, GPUs {','.join(s['gpu_ids']) or '-'}): "
+              f"{s['builds']} model builds, {s['batches']} batches, busy {busy:.0%}",
+              file=sys.stderr)
+    return True
+
+
+def run_stage(fn: Callable, plans: Sequence, args: argparse.Namespace,
+              total_videos: int | None, name: str, store: Path) -> bool | None:
+    """Run a backbone stage (one task per shard, or the --pool pipeline) with progress; None if
+    the cluster can never schedule it (message printed). Failed shards go to
+    STORE/failures.parquet; a complete run removes that table and orphaned temporary files."""
+    from cluster.commands.running import run_with_progress
     from cluster.resources import ClusterResourceError
     from pipeline.failures import remove_orphan_temps, write_failures
 
+    run = run_pool_with_progress if args.pool else run_with_progress
     try:
-        ok = run(*args, on_failures=failures_writer(store, plans))
+        ok = run(fn, plans, args, total_videos, name, on_failures=failures_writer(store, plans))
     except ClusterResourceError as exc:
-        print(f"c2f: {exc}", file=sys.stderr)
+        print(f"c2f {name}: {exc}", file=sys.stderr)
         return None
     if ok:
         write_failures(store, [])

@@ -8,7 +8,8 @@ progress, so the per-shard bookkeeping would have to be rebuilt on top of it any
 the driver keeps an explicit, bounded queue and knows which shard every batch belongs to.
 
 * Decode: one streaming CPU task per shard (`decode_chunks`) reads its tar (for `c2f build`,
-  first writes it, decoding the videos once), decodes and preprocesses the JPEGs per view, and
+  first writes it, decoding the videos once), decodes (Pillow) and preprocesses the JPEGs per
+  view, and
   yields fixed-size batches of `batch_size` frames that span videos, so 16-frame videos still
   make full batches. Ray's generator backpressure bounds what one task holds, so memory does
   not grow with video or shard length.
@@ -336,7 +337,9 @@ class PoolRun:
         f = self.first
         actors = [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
                   for _ in range(s.pool_size)]
-        layout = ray.get(actors[0].layout.remote(f.jpeg_decoder))
+        # Decode tasks decode JPEGs with Pillow whatever --jpeg-decoder says (DALI's nvJPEG
+        # belongs on the GPU workers, not here); the store records what was really used.
+        layout = ray.get(actors[0].layout.remote("pillow"))
         load = {i: 0 for i in range(len(actors))}
         queue = list(todo)
         decoding: dict[Any, _Shard] = {}

@@ -41,6 +41,7 @@ from cluster.executor import RunError, TaskFailure, connect
 from cluster.resources import ClusterResourceError, TaskResources, check_fits
 
 log = logging.getLogger(__name__)
+STAGE_LINE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,8 @@ class PoolRun:
         self.failures: list[TaskFailure] = []
         self.worker_stats: list[dict] = []
         self.batches_done = 0
+        self._clock_start = time.monotonic()
+        self._last_line = self._clock_start
         first = getattr(self.plans[0], "extract", self.plans[0])
         self.first = first
         s = settings
@@ -364,6 +367,7 @@ class PoolRun:
                         load[actor] -= 1
                         shard.outputs.append(ref)  # errors surface in its writer task
                         self.batches_done += 1
+                        self._stage_line(len(decoding), len(inflight), len(writing))
                     else:
                         shard = writing.pop(ref)
                         try:
@@ -377,6 +381,17 @@ class PoolRun:
         finally:
             for a in actors:
                 ray.kill(a)
+
+    def _stage_line(self, decoding: int, inflight: int, writing: int) -> None:
+        """Per-stage progress, at most every STAGE_LINE_S: backbone batches/s and queues."""
+        now = time.monotonic()
+        if now - self._last_line < STAGE_LINE_S:
+            return
+        self._last_line = now
+        rate = self.batches_done / max(now - self._clock_start, 1e-9)
+        log.info("stages: decoding %d shard(s) | backbones %d batches done, %.2f batches/s, "
+                 "%d queued | writing %d part(s)", decoding, self.batches_done, rate, inflight,
+                 writing)
 
     def _next_batch(self, decoding, gen, actors, load, inflight) -> None:
         shard = decoding[gen]

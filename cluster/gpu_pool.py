@@ -358,7 +358,10 @@ class PoolRun:
                 waitables = list(inflight) + list(writing)
                 if len(inflight) < capacity:
                     waitables += list(decoding)
-                ready, _ = ray.wait(waitables, num_returns=1)
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=STAGE_LINE_S)
+                if not ready:  # a stall (e.g. waiting for a lost node's work) says so
+                    log.info("waiting: %d shard(s) decoding, %d batch(es) on workers, %d "
+                             "part(s) writing", len(decoding), len(inflight), len(writing))
                 for ref in ready:
                     if ref in decoding:
                         self._next_batch(decoding, ref, actors, load, inflight)

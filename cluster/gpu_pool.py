@@ -55,6 +55,7 @@ class PoolSettings:
     prefetch: int = 2
     decode_ahead: int = 2
     max_retries: int = 3
+    stall_s: float = 600.0  # nothing finished for this long: restart the shards in progress
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.prefetch < 1 or self.decode_ahead < 1:
@@ -263,6 +264,7 @@ class _Shard:
     outputs: list = field(default_factory=list)
     failed: str | None = None
     queued: bool = False  # handed to its writer task
+    restarts: int = 0
 
 
 class PoolRun:
@@ -349,6 +351,7 @@ class PoolRun:
         inflight: dict[Any, tuple[_Shard, int]] = {}
         writing: dict[Any, _Shard] = {}
         capacity = s.prefetch * len(actors)
+        last_event = time.monotonic()
         try:
             while queue or decoding or inflight or writing:
                 while queue and len(decoding) < s.decode_ahead:
@@ -362,6 +365,12 @@ class PoolRun:
                 if not ready:  # a stall (e.g. waiting for a lost node's work) says so
                     log.info("waiting: %d shard(s) decoding, %d batch(es) on workers, %d "
                              "part(s) writing", len(decoding), len(inflight), len(writing))
+                    if time.monotonic() - last_event > s.stall_s:
+                        actors = self._restart(actors, queue, decoding, inflight, writing)
+                        load = {i: 0 for i in range(len(actors))}
+                        last_event = time.monotonic()
+                    continue
+                last_event = time.monotonic()
                 for ref in ready:
                     if ref in decoding:
                         self._next_batch(decoding, ref, actors, load, inflight)
@@ -384,6 +393,40 @@ class PoolRun:
         finally:
             for a in actors:
                 ray.kill(a)
+
+    def _restart(self, actors, queue, decoding, inflight, writing) -> list:
+        """Start the shards in progress again with fresh workers, after a stall.
+
+        Measured on a Cluster: when a node dies, a batch whose decode task ran there can stay
+        pending forever (the retried worker call waits for an object whose producer is itself
+        waiting, under generator backpressure, for the driver). Parts already written are
+        kept; each restart counts as an attempt of every shard in progress.
+        """
+        ray, s = self.ray, self.settings
+        stalled = list({id(x): x for x in [*decoding.values(), *writing.values(),
+                                            *(sh for sh, _ in inflight.values())]}.values())
+        log.warning("nothing finished for %.0f s: restarting %d shard(s) and the workers",
+                    s.stall_s, len(stalled))
+        for ref in [*decoding, *inflight, *writing]:
+            try:
+                ray.cancel(ref, force=True)
+            except (TypeError, ValueError, ray.exceptions.RayError) as exc:
+                log.debug("cancel failed: %s", exc)
+        for a in actors:
+            ray.kill(a)
+        decoding.clear(), inflight.clear(), writing.clear()
+        for shard in sorted(stalled, key=lambda x: x.position, reverse=True):
+            shard.restarts += 1
+            if shard.restarts > s.max_retries:
+                self._fail(shard, f"no progress for {s.stall_s:g} s, {shard.restarts} times",
+                           True)
+                continue
+            shard.generator, shard.decoded, shard.sent = None, False, 0
+            shard.outputs, shard.queued = [], False
+            queue.insert(0, shard)
+        f = self.first
+        return [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
+                for _ in range(len(actors))]
 
     def _stage_line(self, decoding: int, inflight: int, writing: int) -> None:
         """Per-stage progress, at most every STAGE_LINE_S: backbone batches/s and queues."""

@@ -219,9 +219,17 @@ def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
     import ray
 
     from pipeline.devices import visible_gpu_ids
-    from pipeline.extract import ExtractResult, add_video_outputs, open_part_writer
+    from pipeline.extract import (
+        ExtractResult,
+        add_video_outputs,
+        finished_part,
+        open_part_writer,
+    )
 
     extract = getattr(plan, "extract", plan)
+    done = finished_part(extract, time.perf_counter())
+    if done is not None:  # an earlier attempt (restarted after a stall) finished it
+        return done
     outputs: list[BatchOutputs] = sorted(ray.get(refs), key=lambda o: o.chunk)
     videos = {pos: (key, meta) for o in outputs for pos, key, meta in o.videos}
     pieces: dict[int, list[tuple[BatchOutputs, int, int]]] = {}
@@ -314,7 +322,7 @@ class PoolRun:
                 f"{max(s.decode_cpus, 1.0):g}: use fewer or smaller workers")
         todo: list[_Shard] = []
         for i, plan in enumerate(self.plans):
-            done = finished_part(getattr(plan, "extract", plan), time.time())
+            done = finished_part(getattr(plan, "extract", plan), time.perf_counter())
             if done is not None:
                 self._finish(i, done)
             else:

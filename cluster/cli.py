@@ -17,7 +17,7 @@ import logging
 import sys
 import traceback
 
-from cluster.commands import demo, features, finetune, flops, ingest, jobs, training
+from cluster.commands import demo, features, finetune, flops, ingest, jobs, plan, training
 
 EXIT_BAD_INPUT = 2
 VERBOSE_HELP = "debug logging, and a traceback with every error"
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     # over here so no command module imports this one (no import cycle).
     parser.set_defaults(run_c2f=main)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (ingest, flops, features, training, finetune, jobs, demo):
+    for group in (ingest, flops, features, plan, training, finetune, jobs, demo):
         group.register(sub)
     _accept_verbose_everywhere(sub)
     return parser

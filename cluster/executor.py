@@ -12,10 +12,16 @@ run and a cluster run execute the same code:
   Ray's own lookup applies (RAY_ADDRESS, as set inside `c2f submit` jobs, or the cluster started
   with `ray start` on this machine).
 
-At most ~2 tasks per CPU slot are in flight, so a million plans do not become a million pending
-objects. A failing plan does not stop the others: every plan runs, finished outputs stay, and
-then RunError names each failed plan (its position and `index`) with its error and carries the
-results of the rest.
+Each task reserves `num_cpus` and `num_gpus` (cluster/resources.py: a stage that runs a backbone
+on CUDA reserves GPUs, so Ray gives it its own CUDA_VISIBLE_DEVICES); a reservation the cluster
+can never grant is refused before anything is submitted. At most ~2 tasks per slot are in
+flight, so a million plans do not become a million pending objects.
+
+Two kinds of failure, treated differently. A plan that raises is a property of its input:
+it is not retried. A worker process that dies (segfault, OOM kill, its node lost) is retried by
+Ray up to `max_retries` times, then given up. Either way the other plans go on, finished outputs
+stay, and then RunError names each failed plan (its position and `index`) with its error, how
+many attempts it had, and carries the results of the rest.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.resources import TaskResources, check_fits, concurrent_slots
+
 log = logging.getLogger(__name__)
 
 MODES = ("local", "inprocess", "cluster")
 IN_FLIGHT_PER_SLOT = 2
+DEFAULT_MAX_RETRIES = 3
 
 
 @dataclass
@@ -39,11 +48,20 @@ class TaskFailure:
     position: int
     plan: Any
     error: str
+    attempts: int = 1
+    worker_died: bool = False
+
+    @property
+    def reason(self) -> str:
+        """The last line of the error: what a failures table records."""
+        lines = self.error.strip().splitlines()
+        return lines[-1] if lines else "?"
 
     def describe(self) -> str:
         index = getattr(self.plan, "index", None)
         which = f"plan {self.position}" + (f" (index {index})" if index is not None else "")
-        return f"{which}: {self.error.strip().splitlines()[-1] if self.error.strip() else '?'}"
+        tries = f" (worker died; gave up after {self.attempts} attempts)" if self.worker_died else ""
+        return f"{which}: {self.reason}{tries}"
 
 
 class RunError(RuntimeError):
@@ -64,14 +82,19 @@ def run_plans(
     mode: str = "local",
     address: str | None = None,
     num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    max_retries: int = DEFAULT_MAX_RETRIES,
     on_result: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """Apply fn to every plan and return the results in plan order.
 
     `on_result(result)` is called in this process as each plan finishes (any order), e.g. a
-    cluster.progress.Progress. `num_cpus` is what Ray reserves per task. Raises RunError after
-    all plans ran if any failed.
+    cluster.progress.Progress. `num_cpus` / `num_gpus` are what Ray reserves per task;
+    `max_retries` bounds the re-runs of a task whose worker died. Raises RunError after all
+    plans ran if any failed, ClusterResourceError before any ran if no task could be scheduled.
     """
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     plans = list(plans)
@@ -79,7 +102,8 @@ def run_plans(
         return []
     if mode == "inprocess":
         return _run_inprocess(fn, plans, on_result)
-    return _run_ray(fn, plans, mode, address, num_cpus, on_result)
+    need = TaskResources(num_cpus=num_cpus, num_gpus=num_gpus)
+    return _run_ray(fn, plans, mode, address, need, max_retries, on_result)
 
 
 def _run_inprocess(
@@ -106,7 +130,7 @@ def _apply(fn: Callable[[Any], Any], plan: Any) -> Any:
     return fn(plan)
 
 
-def _connect(mode: str, address: str | None) -> bool:
+def connect(mode: str, address: str | None) -> bool:
     """Initialise Ray for `mode` unless it already is; return whether this call started it."""
     import ray
 
@@ -126,20 +150,29 @@ def _run_ray(
     plans: list[Any],
     mode: str,
     address: str | None,
-    num_cpus: float,
+    need: TaskResources,
+    max_retries: int,
     on_result: Callable[[Any], None] | None,
 ) -> list[Any]:
     import ray
 
-    started = _connect(mode, address)
+    started = connect(mode, address)
     results: list[Any] = [None] * len(plans)
     failures: list[TaskFailure] = []
     pending: dict[Any, int] = {}
     try:
-        remote = ray.remote(num_cpus=num_cpus)(_apply)
+        total = ray.cluster_resources()
+        check_fits(total, ray.available_resources(), need)
+        # retry_exceptions=False: an exception is the plan's own fault and would recur; only a
+        # dead worker (crash, OOM kill, lost node) is worth another attempt. Ray's default
+        # max_calls=1 for GPU tasks stays: a reused worker may be handed another GPU while its
+        # CUDA context is bound to the first one; models built once per worker need the actor
+        # pool (cluster/gpu_pool.py), whose actors keep their GPU for life.
+        remote = ray.remote(
+            **need.ray_options(), max_retries=max_retries, retry_exceptions=False
+        )(_apply)
         fn_ref = ray.put(fn)
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(num_cpus, 1e-3)))
-        limit = IN_FLIGHT_PER_SLOT * slots
+        limit = IN_FLIGHT_PER_SLOT * concurrent_slots(total, need)
         next_plan = 0
         while next_plan < len(plans) or pending:
             while next_plan < len(plans) and len(pending) < limit:
@@ -151,8 +184,10 @@ def _run_ray(
                 try:
                     results[i] = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    failures.append(TaskFailure(i, plans[i], str(exc)))
-                    log.error("plan %d failed: %s", i, exc)
+                    died = not isinstance(exc, ray.exceptions.RayTaskError)
+                    attempts = max_retries + 1 if died else 1
+                    failures.append(TaskFailure(i, plans[i], str(exc), attempts, died))
+                    log.error("plan %d failed after %d attempt(s): %s", i, attempts, exc)
                     continue
                 if on_result is not None:
                     on_result(results[i])

@@ -49,6 +49,7 @@ class BuildResult:
     seconds: float
     shard_seconds: float
     extract_seconds: float
+    gpu_ids: tuple[str, ...] = ()
 
 
 def plan_build(
@@ -97,4 +98,5 @@ def build_shard(plan: BuildPlan) -> BuildResult:
         seconds=time.perf_counter() - started,
         shard_seconds=shard.seconds,
         extract_seconds=extracted.seconds,
+        gpu_ids=extracted.gpu_ids,
     )

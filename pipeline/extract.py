@@ -2,7 +2,9 @@
 
 `plan_extraction` lists one ExtractPlan per shard; `extract_shard(plan)` is the unit of
 distributed work (a plain function: Ray only schedules it) and skips parts that already exist,
-so an interrupted run resumes; `finalize_store` writes the catalog. Each view runs its own
+so an interrupted run resumes; `finalize_store` writes the catalog. `--device cuda` is checked
+where a plan runs (pipeline/devices.py), never on the driver, so a CPU-only head can plan work
+for GPU workers. Each view runs its own
 backbone at its own input size on the shard's stored frames (views are independent: AR-Net's
 resolution ladder is four views).
 
@@ -40,6 +42,7 @@ from featstore import (
     storage,
 )
 from featstore.catalog import open_part
+from pipeline.devices import visible_gpu_ids, worker_device
 from pipeline.jpeg_dali import dali_jpeg_decoder, resolve_jpeg_decoder
 from pipeline.preprocess import preprocess_frames, preprocess_tensors, view_preprocess
 from pipeline.reader import SHARD_GLOB, ShardSample, iter_shard, list_shards
@@ -108,6 +111,8 @@ class ExtractResult:
     frames: int
     skipped: bool
     seconds: float
+    device: str = "cpu"  # where the backbones ran: cpu or cuda:0 of the visible set
+    gpu_ids: tuple[str, ...] = ()  # the GPUs Ray assigned to the task (CUDA_VISIBLE_DEVICES)
 
     @property
     def videos_ok(self) -> int:
@@ -238,8 +243,6 @@ def _check_runtime(device: str, dtype: str) -> None:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda asked for, but torch sees no CUDA GPU here")
     if device == "cpu" and dtype != "float32":
         raise ValueError(f"dtype {dtype} is for GPU autocast; on CPU extract in float32")
 
@@ -302,7 +305,7 @@ def forward_batch(
     x = x.to(device=device, memory_format=torch.channels_last)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     amp = (
-        torch.autocast(device, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        torch.autocast(torch.device(device).type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     )
     with torch.inference_mode(), amp:
         out = (
@@ -342,7 +345,7 @@ def run_view(
 
 
 def run_views_on_jpegs(
-    loaded: Sequence[LoadedView], jpegs: Sequence[bytes], plan: ExtractPlan
+    loaded: Sequence[LoadedView], jpegs: Sequence[bytes], plan: ExtractPlan, device: str
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every view of a video's JPEGs decoded by DALI (`plan.jpeg_decoder` dali-cpu/-mixed).
 
@@ -359,7 +362,7 @@ def run_views_on_jpegs(
         images = decoder.decode(jpegs[start : start + plan.batch_size])
         for lv in loaded:
             x = preprocess_tensors(images, view_preprocess(lv.view.input_size))
-            chunks[lv.view.name].append(forward_batch(lv, x, plan.dtype, plan.device))
+            chunks[lv.view.name].append(forward_batch(lv, x, plan.dtype, device))
     return {name: _concat(c) for name, c in chunks.items()}
 
 
@@ -372,27 +375,13 @@ def extract_samples(
 
     Returns (videos, frames). The part appears under its final name only when complete.
     """
-    loaded = [load_view(v, plan.device) for v in plan.views]
+    device = worker_device(plan.device)
+    loaded = [load_view(v, device) for v in plan.views]
     dali = plan.jpeg_decoder != "pillow"
     samples = iter(samples)
     first = next(samples, None)
-    file_attrs = {
-        "shard": plan.shard,
-        "code_version": plan.code_version,
-        "dtype": plan.dtype,
-        "device": plan.device,
-        **dict(attrs or {}),
-    }
-    if first is not None:
-        file_attrs.setdefault("sampling", first.meta.get("sampling"))
-        file_attrs.setdefault("frame_format", first.meta.get("format"))
-    writer = StoreWriter(
-        plan.store_dir,
-        plan.part,
-        {lv.view.name: view_spec(lv, plan.jpeg_decoder) for lv in loaded},
-        stage_dims={lv.view.name: lv.stage_dims for lv in loaded if lv.view.stages} or None,
-        logits_dim={lv.view.name: lv.logits_dim for lv in loaded if lv.view.logits} or None,
-        attrs={k: v for k, v in file_attrs.items() if v is not None},
+    writer = open_part_writer(
+        plan, view_layout(loaded, plan.jpeg_decoder), first.meta if first else None, attrs
     )
     videos = frames = 0
     with writer:
@@ -402,30 +391,90 @@ def extract_samples(
                 log.warning("%s: video %s has no frames; left out", plan.part, sample.key)
                 continue
             if dali and sample.jpegs:
-                outs = run_views_on_jpegs(loaded, sample.jpegs, plan)
+                outs = run_views_on_jpegs(loaded, sample.jpegs, plan, device)
             else:
                 outs = {
                     lv.view.name: run_view(
-                        lv, sample.frames, plan.batch_size, plan.dtype, plan.device
+                        lv, sample.frames, plan.batch_size, plan.dtype, device
                     )
                     for lv in loaded
                 }
-            writer.add_video(
-                sample.meta.get("video_id", sample.key),
-                sample.meta.get("labels", []),
-                sample.meta.get("split", ""),
-                np.asarray(sample.meta.get("timestamps", range(count)), float),
-                features={name: o["features"] for name, o in outs.items()},
-                logits={name: outs[name]["logits"] for name in writer.logits_dim} or None,
-                stages={
-                    name: {s: outs[name][s] for s in writer.stage_dims[name]}
-                    for name in writer.stage_dims
-                }
-                or None,
-            )
+            add_video_outputs(writer, sample.key, sample.meta, count, outs)
             videos += 1
             frames += count
     return videos, frames
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """What a part's writer needs of a view, without its model: spec and output widths."""
+
+    spec: ViewSpec
+    stage_dims: dict[str, int] | None
+    logits_dim: int | None
+
+
+def view_layout(loaded: Sequence[LoadedView], jpeg_decoder: str) -> dict[str, ViewLayout]:
+    """Layouts of loaded views, e.g. for a writer in another process than the models."""
+    return {
+        lv.view.name: ViewLayout(
+            view_spec(lv, jpeg_decoder),
+            lv.stage_dims if lv.view.stages else None,
+            lv.logits_dim if lv.view.logits else None,
+        )
+        for lv in loaded
+    }
+
+
+def open_part_writer(
+    plan: ExtractPlan,
+    layout: Mapping[str, ViewLayout],
+    first_meta: Mapping[str, object] | None,
+    attrs: Mapping[str, object] | None = None,
+) -> StoreWriter:
+    """The writer of `plan.part`, with the run's attributes (sampling and frame format from
+    the shard's first sample)."""
+    file_attrs = {
+        "shard": plan.shard,
+        "code_version": plan.code_version,
+        "dtype": plan.dtype,
+        "device": plan.device,
+        **dict(attrs or {}),
+    }
+    if first_meta is not None:
+        file_attrs.setdefault("sampling", first_meta.get("sampling"))
+        file_attrs.setdefault("frame_format", first_meta.get("format"))
+    return StoreWriter(
+        plan.store_dir,
+        plan.part,
+        {name: lay.spec for name, lay in layout.items()},
+        stage_dims={n: lay.stage_dims for n, lay in layout.items() if lay.stage_dims} or None,
+        logits_dim={n: lay.logits_dim for n, lay in layout.items() if lay.logits_dim} or None,
+        attrs={k: v for k, v in file_attrs.items() if v is not None},
+    )
+
+
+def add_video_outputs(
+    writer: StoreWriter,
+    key: str,
+    meta: Mapping[str, object],
+    count: int,
+    outs: Mapping[str, Mapping[str, np.ndarray]],
+) -> None:
+    """Add one video's per-view outputs (features, logits, stages) to a part."""
+    writer.add_video(
+        meta.get("video_id", key),
+        meta.get("labels", []),
+        meta.get("split", ""),
+        np.asarray(meta.get("timestamps", range(count)), float),
+        features={name: o["features"] for name, o in outs.items()},
+        logits={name: outs[name]["logits"] for name in writer.logits_dim} or None,
+        stages={
+            name: {s: outs[name][s] for s in writer.stage_dims[name]}
+            for name in writer.stage_dims
+        }
+        or None,
+    )
 
 
 def _chain(first: ShardSample | None, rest: Iterator[ShardSample]) -> Iterator[ShardSample]:
@@ -434,9 +483,9 @@ def _chain(first: ShardSample | None, rest: Iterator[ShardSample]) -> Iterator[S
         yield from rest
 
 
-def extract_shard(plan: ExtractPlan) -> ExtractResult:
-    """Extract every view of one shard into part `plan.part`, or skip it if already there."""
-    started = time.perf_counter()
+def finished_part(plan: ExtractPlan, started: float) -> ExtractResult | None:
+    """The skipped-result of a part that already exists (its file is its completion record),
+    None when it has to be made."""
     final = part_path(plan.store_dir, plan.part)
     if storage.exists(final):
         try:
@@ -449,8 +498,18 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
             ) from e
         log.info("%s exists: skipped", final)
         return ExtractResult(
-            plan.index, plan.part, videos, frames, True, time.perf_counter() - started
+            plan.index, plan.part, videos, frames, True, time.perf_counter() - started,
+            plan.device, visible_gpu_ids(),
         )
+    return None
+
+
+def extract_shard(plan: ExtractPlan) -> ExtractResult:
+    """Extract every view of one shard into part `plan.part`, or skip it if already there."""
+    started = time.perf_counter()
+    done = finished_part(plan, started)
+    if done is not None:
+        return done
     previous = torch.get_num_threads()
     if plan.threads:
         # Oversubscribed intra-op threads are pathological on busy machines (measured 50x
@@ -463,7 +522,10 @@ def extract_shard(plan: ExtractPlan) -> ExtractResult:
         torch.set_num_threads(previous)
     seconds = time.perf_counter() - started
     log.info("%s: %d videos, %d frames in %.1f s", plan.part, videos, frames, seconds)
-    return ExtractResult(plan.index, plan.part, videos, frames, False, seconds)
+    return ExtractResult(
+        plan.index, plan.part, videos, frames, False, seconds,
+        worker_device(plan.device), visible_gpu_ids(),
+    )
 
 
 def finalize_store(

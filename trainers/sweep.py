@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,22 @@ def sweep(
     values: list[str],
     sets: list[str] | None = None,
     file: str | os.PathLike | None = None,
+    run_points: Callable[[list], list[Path]] | None = None,
     **flags: Any,
 ) -> Path:
-    """Train METHOD once per knob value (flags/sets as for `c2f train`); returns sweep.csv."""
+    """Train METHOD once per knob value (flags/sets as for `c2f train`); returns sweep.csv.
+
+    `run_points(configs) -> run dirs` trains the points elsewhere (cluster/sweep_ray.py: as
+    Ray tasks); by default they are trained one after another in this process."""
     out = Path(out)
     configs = [resolve_config(method, file, list(sets or []) + [f"{knob}={v}"],
                               **{**flags, "out": str(rundir.sweep_point(out, knob, v))})
                for v in values]
-    rows = []
     for value, cfg in zip(values, configs):
         log.info("sweep %s: %s=%s -> %s", method, knob, value, cfg.out)
-        run = train(cfg)
+    runs = run_points(configs) if run_points else [train(cfg) for cfg in configs]
+    rows = []
+    for value, run in zip(values, runs):
         s = json.loads(rundir.RunDir(run).eval.read_text())
         rows.append({"value": value, "run": run.name, **{k: s[k] for k in COLUMNS[2:]}})
     buf = io.StringIO()

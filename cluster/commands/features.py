@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from cluster.commands.gpu_stage import resolve_stage_resources, run_stage
 from cluster.commands.options import (
     add_extraction_args,
     add_shard_args,
@@ -21,7 +22,6 @@ from cluster.commands.options import (
     pairs,
     shard_settings,
 )
-from cluster.commands.running import run_with_progress
 
 EXIT_OK, EXIT_PARTIAL = 0, 1  # bad input: raise, and cluster.cli.main exits 2
 REBUILD_FOR_EXTRACT = ("delete it, re-run `c2f shards` with the flags that made the shards (it "
@@ -66,11 +66,12 @@ def _extract(args: argparse.Namespace) -> int:
 
     try:
         plans = plan_extraction(args.shards, args.out, args.view, extract_options(args))
+        resolve_stage_resources(args)
     except RuntimeError as exc:  # --device cuda where torch sees no GPU: the flag is wrong
         raise ValueError(str(exc)) from exc
     _warn_random_init(plans)
-    code = run_with_progress(extract_shard, plans, args, None, "extract",
-                             input_shard=lambda plan: plan.shard, rebuild=REBUILD_FOR_EXTRACT)
+    code = run_stage(extract_shard, plans, args, None, "extract", args.out,
+                     input_shard=lambda plan: plan.shard, rebuild=REBUILD_FOR_EXTRACT)
     if code != EXIT_OK:
         return code
     print(json.dumps(finalize_store(args.out, plans), indent=1))
@@ -106,12 +107,12 @@ def _build(args: argparse.Namespace) -> int:
     try:
         plans = plan_build(table, args.shards_out, args.out, args.view,
                            extract=extract_options(args), **shard_settings(args))
+        resolve_stage_resources(args)
     except RuntimeError as exc:  # --device cuda where torch sees no GPU: the flag is wrong
         raise ValueError(str(exc)) from exc
     _warn_random_init(plans)
-    code = run_with_progress(build_shard, plans, args, table.num_rows, "build",
-                             input_shard=lambda plan: plan.extract.shard,
-                             rebuild=REBUILD_FOR_BUILD)
+    code = run_stage(build_shard, plans, args, table.num_rows, "build", args.out,
+                     input_shard=lambda plan: plan.extract.shard, rebuild=REBUILD_FOR_BUILD)
     if code != EXIT_OK:
         return code
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cluster.commands.gpu_stage import add_gpu_args
 from cluster.commands.running import add_run_args
 
 SAMPLING_MODES = ("exact", "keyframe")  # pipeline.types.SAMPLING_MODES
@@ -118,6 +119,7 @@ def add_extraction_args(p: argparse.ArgumentParser) -> None:
                    "--cpus-per-task). Set it to the cores a task really has: oversubscribed "
                    "threads slow CPU inference down many times")
     add_run_args(p)
+    add_gpu_args(p)
 
 
 def extract_options(args: argparse.Namespace):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster.executor import MODES, RunError, run_plans
+from cluster.executor import DEFAULT_MAX_RETRIES, MODES, RunError, TaskFailure, run_plans
 from cluster.progress import Progress
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -30,19 +30,26 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
                       total_videos: int | None, name: str,
                       input_shard: Callable[[Any], str] | None = None,
-                      rebuild: str = "") -> int:
+                      rebuild: str = "",
+                      on_failures: Callable[[list[TaskFailure]], None] | None = None) -> int:
     """Run every plan where args say, showing progress, and return the exit code: 0 all done;
     when plans failed (the finished outputs are kept), say which and what helps: 2 when a plan
     read a shard (`input_shard(plan)` gives its path) whose tar cannot be read to the end, which
     must be rebuilt (`rebuild` says how) since a re-run would read the same bytes; else 1, and
-    a re-run finishes them."""
+    a re-run finishes them. `on_failures` gets the failed plans (e.g. to write a failures
+    table); the GPUs reserved per task and the retries of dead workers come from args.num_gpus /
+    args.max_retries if set."""
     progress = Progress(len(plans), total_videos=total_videos, unit="shards")
     mode = args.mode if args.address is None or args.mode != "local" else "cluster"
     try:
         run_plans(fn, plans, mode=mode, address=args.address, num_cpus=args.cpus_per_task,
+                  num_gpus=getattr(args, "num_gpus", 0.0),
+                  max_retries=getattr(args, "max_retries", DEFAULT_MAX_RETRIES),
                   on_result=progress.update)
     except RunError as exc:
         progress.close()
+        if on_failures is not None:
+            on_failures(exc.failures)
         print(f"c2f {name}: {exc}", file=sys.stderr)
         damaged = {}
         if input_shard is not None:

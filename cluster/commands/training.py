@@ -12,6 +12,7 @@ import logging
 import sys
 import textwrap
 
+from cluster.sweep_ray import add_sweep_ray_args
 from trainers.methods import BUDGET, METHODS, ONLINE, Evaluation, MethodSpec, method_spec
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep_ray import points_from_args  # points as Ray tasks
     from trainers.sweep import parse_knob, sweep
 
     try:
         key, values = parse_knob(args.knob)
         csv_path = sweep(args.method, args.out, key, values, args.set, args.config,
-                         **_flags(args))
+                         run_points=points_from_args(args), **_flags(args))
     except _user_errors() as err:
         return _fail(err, args)
     print(csv_path.read_text(), end="")
@@ -303,6 +305,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--knob", required=True, metavar="KEY=V1,V2,...",
                    help="config key and its values, e.g. gamma=0.05,0.1,0.3")
     _add_run_options(p)
+    add_sweep_ray_args(p)  # gpuray: --mode/--address/--cpus-per-trial/--gpus-per-trial
     p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser(

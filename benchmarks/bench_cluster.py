@@ -1,0 +1,202 @@
+"""Ray execution of the feature stages on this machine, measured side by side in one run.
+
+1. Scheduling overhead: `c2f extract`'s plans in-process vs on an embedded local Ray with one
+   CPU (so both run the plans one at a time), median of --repeats alternating runs; Ray's own
+   start-up is outside the timing, its worker start-up inside.
+2. Model builds: per backbone worker of the pool (target: once), and how many worker processes
+   Ray uses for N GPU-reserving tasks (Ray's default for GPU tasks is a fresh process each).
+3. Waiting fraction of the backbone stage in the pool (a CPU model standing in for the GPU,
+   decode on the other core): seconds the worker waited for input / seconds it was up,
+   counted by the worker from its first batch to its last.
+4. Node kill: a `c2f build` on a `ray.cluster_utils.Cluster` (0-CPU head, two worker nodes
+   with 1 CPU and 1 logical GPU each); one node is killed without grace once the first part
+   exists, a new one joins. Re-done work = shard attempts beyond one per shard, against the
+   shards in flight (on either node) at the kill.
+
+Usage: python benchmarks/bench_cluster.py [--videos 12] [--repeats 3] [--sections 1,2,3,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cluster.executor import run_plans
+from cluster.gpu_pool import PoolSettings, run_pool
+from pipeline.build import build_shard, plan_build
+from pipeline.extract import ExtractOptions, extract_shard, plan_extraction
+from pipeline.manifest import read_manifest
+from pipeline.shards import finalize, plan_shards, write_shard
+from pipeline.synth import SynthConfig, make_synthetic_dataset
+from pipeline.types import FrameFormat, SamplingPlan
+
+SAMPLING = SamplingPlan(fps=1.0)
+FMT = FrameFormat(short_side=128)
+
+
+class CountedBuild:
+    """build_shard that first records each attempt (plan index) in a folder: re-done work is
+    visible even when the attempt's worker is killed before it returns."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, plan):
+        Path(self.folder, f"{plan.index}-{os.getpid()}-{time.time_ns()}").touch()
+        return build_shard(plan)
+
+
+def worker_pid(_: int) -> int:
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def make_data(root: Path, videos: int) -> tuple[Path, Path]:
+    config = SynthConfig(videos=videos, classes=3, seed=11, width=320, height=240, fps=10.0,
+                         min_duration=8.0, max_duration=12.0)
+    make_synthetic_dataset(root, config)
+    shards = root / "shards"
+    for plan in plan_shards(read_manifest(root / "manifest.parquet"), shards, sampling=SAMPLING,
+                            fmt=FMT, videos_per_shard=3):
+        write_shard(plan)
+    finalize(shards)
+    return root / "manifest.parquet", shards
+
+
+def overhead(shards: Path, work: Path, views: list[str], repeats: int) -> dict:
+    import ray
+
+    options = ExtractOptions(batch_size=16, threads=1)
+    times: dict[str, list[float]] = {"inprocess": [], "local": []}
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        for _ in range(repeats):
+            for mode, spent in times.items():
+                store = work / f"store-{mode}"
+                shutil.rmtree(store, ignore_errors=True)
+                plans = plan_extraction(shards, store, views, options)
+                started = time.perf_counter()
+                run_plans(extract_shard, plans, mode=mode)
+                spent.append(time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+    a, b = statistics.median(times["inprocess"]), statistics.median(times["local"])
+    return {"plans": len(plans), "inprocess_s": a, "local_ray_s": b, "overhead": b / a - 1}
+
+
+def builds(shards: Path, work: Path, views: list[str]) -> dict:
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        plans = plan_extraction(shards, work / "store-pool", views,
+                                ExtractOptions(batch_size=16, threads=1))
+        stats: list[dict] = []
+        run_pool(plans, PoolSettings(pool_size=1, gpus_per_worker=1, cpus_per_worker=1,
+                                     decode_cpus=1, prefetch=2), stats=stats)
+        pids = run_plans(worker_pid, list(range(6)), mode="local", num_gpus=1)
+    finally:
+        ray.shutdown()
+    return {"pool_workers": len(stats), "builds_per_worker": [s["builds"] for s in stats],
+            "views": len(views), "shards": len(plans), "batches": sum(s["batches"] for s in stats),
+            "gpu_tasks": 6, "gpu_task_processes": len(set(pids)),
+            "wait_fraction": [s["wait_s"] / (s["wait_s"] + s["busy_s"]) for s in stats],
+            "busy_s": [s["busy_s"] for s in stats]}
+
+
+def node_kill(manifest: Path, work: Path, views: list[str]) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from featstore import list_parts
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "_system_config": {
+            "health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+            "health_check_failure_threshold": 2}})
+    attempts = work / "attempts"
+    attempts.mkdir()
+    try:
+        nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
+        out = work / "build"
+        plans = plan_build(read_manifest(manifest), out / "shards", out / "store", views,
+                           sampling=SAMPLING, fmt=FMT, videos_per_shard=2,
+                           extract=ExtractOptions(batch_size=16, threads=1))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            started = time.perf_counter()
+            driver = pool.submit(run_plans, CountedBuild(str(attempts)), plans,
+                                 mode="cluster", num_gpus=1, max_retries=3)
+            while not list_parts(out / "store") and not driver.done():
+                time.sleep(0.05)
+            done_at_kill = set(list_parts(out / "store"))
+            began = {int(p.name.split("-")[0]) for p in attempts.iterdir()}
+            in_flight = len({i for i in began if plans[i].extract.part not in done_at_kill})
+            cluster.remove_node(nodes[0], allow_graceful=False)
+            cluster.add_node(num_cpus=1, num_gpus=1)
+            driver.result(timeout=900)
+            seconds = time.perf_counter() - started
+        tried = len(list(attempts.iterdir()))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return {"shards": len(plans), "attempts": tried, "redone": tried - len(plans),
+            "in_flight_at_kill": in_flight, "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--view", action="append", help="NAME=BACKBONE@SIZE (default one view)")
+    ap.add_argument("--sections", default="1,2,3,4")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_num_threads(1)
+    views = args.view or ["v=resnet18@112"]
+    sections = {int(s) for s in args.sections.split(",")}
+    work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    try:
+        manifest, shards = make_data(work / "data", args.videos)
+        print(f"{args.videos} generated videos (8-12 s, 320x240) at 1 fps, views {views}, "
+              f"torch 1 thread, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
+        print("| measure | figure | target |")
+        print("|---|---|---|")
+        if 1 in sections:
+            r = overhead(shards, work, views, args.repeats)
+            print(f"| scheduling overhead, {r['plans']} extract plans, local Ray (1 CPU) vs "
+                  f"in-process, median of {args.repeats} | {r['overhead']:+.1%} "
+                  f"({r['local_ray_s']:.1f} s vs {r['inprocess_s']:.1f} s) | <= 5% |")
+        if sections & {2, 3}:
+            r = builds(shards, work, views)
+            print(f"| model builds per pool worker ({r['views']} view(s), {r['shards']} shards, "
+                  f"{r['batches']} batches) | {r['builds_per_worker']} | once per view |")
+            print(f"| worker processes for {r['gpu_tasks']} GPU-reserving tasks (task path) "
+                  f"| {r['gpu_task_processes']} | - |")
+            print(f"| backbone worker waiting for input (CPU stand-in for the GPU) | "
+                  f"{', '.join(f'{w:.1%}' for w in r['wait_fraction'])} of "
+                  f"{', '.join(f'{b:.1f}' for b in r['busy_s'])} s busy | <= 10% |")
+        if 4 in sections:
+            r = node_kill(manifest, work, views)
+            print(f"| re-done shards after a node kill ({r['shards']} shards, "
+                  f"{r['attempts']} attempts, {r['seconds']:.0f} s) | {r['redone']} | <= in "
+                  f"flight at the kill: {r['in_flight_at_kill']} |")
+            print(json.dumps(r))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

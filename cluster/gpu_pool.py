@@ -1,0 +1,503 @@
+"""Feature extraction as a pipeline: CPU decode tasks -> a pool of long-lived backbone actors
+-> one CPU writer task per part.
+
+Why actors managed here rather than Ray Data `map_batches` with a callable class: the output
+contract is one atomic part per shard, resumable per part, with every frame of a shard in the
+order the shard stores it. Ray Data re-blocks rows across inputs and owns ordering, retries and
+progress, so the per-shard bookkeeping would have to be rebuilt on top of it anyway; with actors
+the driver keeps an explicit, bounded queue and knows which shard every batch belongs to.
+
+* Decode: one streaming CPU task per shard (`decode_chunks`) reads its tar (for `c2f build`,
+  first writes it, decoding the videos once), decodes (Pillow) and preprocesses the JPEGs per
+  view, and
+  yields fixed-size batches of `batch_size` frames that span videos, so 16-frame videos still
+  make full batches. Ray's generator backpressure bounds what one task holds, so memory does
+  not grow with video or shard length.
+* Backbones: `pool_size` actors (`FeatureWorker`) each build every view's model once, on the
+  GPU Ray assigned to them for life (`num_gpus`, fractional allowed), and run batches.
+  At most `prefetch` batches wait per actor, the next one already delivered while the current
+  one runs; the driver stops reading decoders when that bound is reached (backpressure).
+* Streaming: `decode_ahead` shards are decoded at once, so shard k+1 is decoded while shard k
+  is on the actors.
+* Writing: when a shard's last batch is back, a CPU task writes its part (same writer as the
+  in-process path) under a temporary name and renames it.
+
+Failures: a decode or writer task that raises fails its shard only; a worker that dies is
+retried up to `max_retries` times (Ray task retries; actor restarts, which rebuild the models);
+then the shard is failed with the reason and the run goes on. Finished parts are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cluster.executor import RunError, TaskFailure, connect
+from cluster.resources import ClusterResourceError, TaskResources, check_fits
+
+log = logging.getLogger(__name__)
+STAGE_LINE_S = 10.0
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Sizes of the pipeline: actors, what each reserves, prefetch and decode-ahead depth."""
+
+    pool_size: int = 1
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0
+    decode_cpus: float = 1.0
+    prefetch: int = 2
+    decode_ahead: int = 2
+    max_retries: int = 3
+    stall_s: float = 600.0  # nothing finished for this long: restart the shards in progress
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1 or self.prefetch < 1 or self.decode_ahead < 1:
+            raise ValueError(f"pool_size, prefetch and decode_ahead must be >= 1: {self}")
+
+
+@dataclass
+class FrameBatch:
+    """Up to batch_size preprocessed frames of one shard, per view, and whose they are:
+    `spans` (video position in the shard, frames) in order; `videos` the (key, meta) of the
+    videos that start in this batch."""
+
+    chunk: int
+    inputs: dict[str, np.ndarray]
+    spans: list[tuple[int, int]]
+    videos: list[tuple[int, str, dict]] = field(default_factory=list)
+
+
+@dataclass
+class BatchOutputs:
+    """A FrameBatch after the backbones: per view {features|logits|stage: float32 array}."""
+
+    chunk: int
+    outputs: dict[str, dict[str, np.ndarray]]
+    spans: list[tuple[int, int]]
+    videos: list[tuple[int, str, dict]]
+
+
+# ---------------------------------------------------------------------------- decode (CPU)
+
+
+def _shard_samples(plan: Any) -> tuple[Any, Iterator]:
+    """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard."""
+    from pipeline.reader import iter_shard
+    from pipeline.shards import write_shard
+
+    extract = getattr(plan, "extract", plan)
+    if extract is not plan:
+        write_shard(plan.shard)
+    return extract, iter_shard(extract.shard, decode_frames=True)
+
+
+def batches_of_shard(plan: Any) -> Iterator[FrameBatch]:
+    """Fixed-size batches of a shard's frames, spanning videos, preprocessed for every view."""
+    from pipeline.preprocess import preprocess_frames, view_preprocess
+
+    extract, samples = _shard_samples(plan)
+    size = extract.batch_size
+    preps = {v.name: view_preprocess(v.input_size) for v in extract.views}
+    pending: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
+    videos: list[tuple[int, str, dict]] = []
+    chunk = 0
+
+    def flush() -> FrameBatch:
+        nonlocal pending, spans, videos, chunk
+        batch = FrameBatch(
+            chunk,
+            {name: preprocess_frames(pending, pp) for name, pp in preps.items()},
+            spans,
+            videos,
+        )
+        pending, spans, videos, chunk = [], [], [], chunk + 1
+        return batch
+
+    for position, sample in enumerate(samples):
+        frames = list(sample.frames or [])
+        if not frames:
+            log.warning("%s: video %s has no frames; left out", extract.part, sample.key)
+            continue
+        videos.append((position, sample.key, dict(sample.meta)))
+        start = 0
+        while start < len(frames):
+            take = frames[start : start + size - len(pending)]
+            pending.extend(take)
+            spans.append((position, len(take)))
+            start += len(take)
+            if len(pending) == size:
+                yield flush()
+    if pending:
+        yield flush()
+
+
+def decode_chunks(plan: Any) -> Iterator[FrameBatch]:
+    """The body of the streaming decode task (one per shard)."""
+    import torch
+
+    extract = getattr(plan, "extract", plan)
+    if extract.threads:
+        torch.set_num_threads(extract.threads)
+    yield from batches_of_shard(plan)
+
+
+# ------------------------------------------------------------------------- backbones (GPU)
+
+
+class FeatureWorker:
+    """Builds each view's backbone once, on the device Ray assigned, and runs batches.
+
+    `stats()` reports model builds, batches, seconds busy and seconds waiting for input (the gap
+    between finishing one batch and starting the next), from this actor's own clock.
+    """
+
+    def __init__(self, views: tuple, device: str, dtype: str, threads: int = 0) -> None:
+        import torch
+
+        from pipeline.devices import visible_gpu_ids, worker_device
+        from pipeline.extract import load_view
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = worker_device(device)
+        self.dtype = dtype
+        self.gpu_ids = visible_gpu_ids()
+        self.loaded = [load_view(v, self.device) for v in views]
+        self.builds = len(self.loaded)
+        self.batches = 0
+        self.busy_s = 0.0
+        self.wait_s = 0.0
+        self._last_end: float | None = None
+
+    def layout(self, jpeg_decoder: str) -> dict:
+        from pipeline.extract import view_layout
+
+        return view_layout(self.loaded, jpeg_decoder)
+
+    def forward(self, batch: FrameBatch) -> BatchOutputs:
+        import torch
+
+        from pipeline.extract import forward_batch
+
+        started = time.perf_counter()
+        if self._last_end is not None:
+            self.wait_s += started - self._last_end
+        outputs = {
+            # Arrays arrive read-only from the object store; torch wants writable memory.
+            lv.view.name: forward_batch(
+                lv,
+                torch.from_numpy(np.require(batch.inputs[lv.view.name], requirements="W")),
+                self.dtype,
+                self.device,
+            )
+            for lv in self.loaded
+        }
+        self._last_end = time.perf_counter()
+        self.busy_s += self._last_end - started
+        self.batches += 1
+        return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos)
+
+    def stats(self) -> dict:
+        return {"builds": self.builds, "batches": self.batches, "busy_s": self.busy_s,
+                "wait_s": self.wait_s, "gpu_ids": self.gpu_ids, "device": self.device}
+
+
+# ----------------------------------------------------------------------------- write (CPU)
+
+
+def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
+    """Fetch a shard's batch outputs (refs, so they travel from the actors straight here, not
+    through the driver), split them back into videos and write the part atomically."""
+    import ray
+
+    from pipeline.devices import visible_gpu_ids
+    from pipeline.extract import (
+        ExtractResult,
+        add_video_outputs,
+        finished_part,
+        open_part_writer,
+    )
+
+    extract = getattr(plan, "extract", plan)
+    done = finished_part(extract, time.perf_counter())
+    if done is not None:  # an earlier attempt (restarted after a stall) finished it
+        return done
+    outputs: list[BatchOutputs] = sorted(ray.get(refs), key=lambda o: o.chunk)
+    videos = {pos: (key, meta) for o in outputs for pos, key, meta in o.videos}
+    pieces: dict[int, list[tuple[BatchOutputs, int, int]]] = {}
+    for o in outputs:
+        offset = 0
+        for pos, count in o.spans:
+            pieces.setdefault(pos, []).append((o, offset, count))
+            offset += count
+    first = videos[min(videos)][1] if videos else None
+    frames = 0
+    with open_part_writer(extract, layout, first) as writer:
+        for pos in sorted(pieces):
+            key, meta = videos[pos]
+            outs = {
+                view: {
+                    name: np.concatenate([o.outputs[view][name][a : a + n] for o, a, n in parts])
+                    for name in parts[0][0].outputs[view]
+                }
+                for view in layout
+                for parts in [pieces[pos]]
+            }
+            count = sum(n for _, _, n in pieces[pos])
+            add_video_outputs(writer, key, meta, count, outs)
+            frames += count
+    return ExtractResult(extract.index, extract.part, len(pieces), frames, False,
+                         time.time() - started, extract.device, visible_gpu_ids())
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class _Shard:
+    position: int
+    plan: Any
+    started: float
+    generator: Any = None
+    decoded: bool = False
+    sent: int = 0
+    outputs: list = field(default_factory=list)
+    failed: str | None = None
+    queued: bool = False  # handed to its writer task
+    restarts: int = 0
+
+
+class PoolRun:
+    """One run of plans through the pipeline; `run()` returns results in plan order."""
+
+    def __init__(self, plans: Sequence[Any], settings: PoolSettings,
+                 on_result: Callable[[Any], None] | None = None) -> None:
+        import ray
+
+        self.ray = ray
+        self.plans = list(plans)
+        self.settings = settings
+        self.on_result = on_result
+        self.results: list[Any] = [None] * len(self.plans)
+        self.failures: list[TaskFailure] = []
+        self.worker_stats: list[dict] = []
+        self.batches_done = 0
+        self._clock_start = time.monotonic()
+        self._last_line = self._clock_start
+        first = getattr(self.plans[0], "extract", self.plans[0])
+        self.first = first
+        s = settings
+        self._decode = ray.remote(
+            num_cpus=s.decode_cpus, num_returns="streaming", max_retries=s.max_retries,
+            retry_exceptions=False, _generator_backpressure_num_objects=s.prefetch,
+        )(decode_chunks)
+        self._write = ray.remote(num_cpus=1, max_retries=s.max_retries,
+                                 retry_exceptions=False)(write_part)
+        actor = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker,
+                           max_restarts=s.max_retries, max_task_retries=s.max_retries)
+        self._actor_class = actor(FeatureWorker)
+
+    def run(self) -> list[Any]:
+        from pipeline.extract import finished_part
+
+        ray, s = self.ray, self.settings
+        total = ray.cluster_resources()
+        check_fits(total, ray.available_resources(),
+                   TaskResources(s.cpus_per_worker, s.gpus_per_worker))
+        left = float(total.get("CPU", 0.0)) - s.pool_size * s.cpus_per_worker
+        if left < max(s.decode_cpus, 1.0) - 1e-9:
+            # Actors hold their CPUs for life: without one left over, no decode task could
+            # ever start and the run would wait forever.
+            raise ClusterResourceError(
+                f"{s.pool_size} workers x {s.cpus_per_worker:g} CPUs leave {left:g} of the "
+                f"cluster's {total.get('CPU', 0):g} CPUs for decoding and writing, which need "
+                f"{max(s.decode_cpus, 1.0):g}: use fewer or smaller workers")
+        todo: list[_Shard] = []
+        for i, plan in enumerate(self.plans):
+            done = finished_part(getattr(plan, "extract", plan), time.perf_counter())
+            if done is not None:
+                self._finish(i, done)
+            else:
+                todo.append(_Shard(i, plan, time.time()))
+        if todo:
+            self._pipeline(todo)
+        if self.failures:
+            raise RunError(self.failures, self.results)
+        return self.results
+
+    def _finish(self, position: int, result: Any) -> None:
+        self.results[position] = result
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def _fail(self, shard: _Shard, reason: str, died: bool) -> None:
+        if shard.failed is None:
+            shard.failed = reason
+            attempts = self.settings.max_retries + 1 if died else 1
+            self.failures.append(TaskFailure(shard.position, shard.plan, reason, attempts, died))
+            log.error("%s failed: %s", getattr(shard.plan, "extract", shard.plan).part, reason)
+
+    def _pipeline(self, todo: list[_Shard]) -> None:
+        ray, s = self.ray, self.settings
+        f = self.first
+        actors = [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
+                  for _ in range(s.pool_size)]
+        # Decode tasks decode JPEGs with Pillow whatever --jpeg-decoder says (DALI's nvJPEG
+        # belongs on the GPU workers, not here); the store records what was really used.
+        layout = ray.get(actors[0].layout.remote("pillow"))
+        load = {i: 0 for i in range(len(actors))}
+        queue = list(todo)
+        decoding: dict[Any, _Shard] = {}
+        inflight: dict[Any, tuple[_Shard, int]] = {}
+        writing: dict[Any, _Shard] = {}
+        capacity = s.prefetch * len(actors)
+        last_event = time.monotonic()
+        try:
+            while queue or decoding or inflight or writing:
+                while queue and len(decoding) < s.decode_ahead:
+                    shard = queue.pop(0)
+                    shard.generator = self._decode.remote(shard.plan)
+                    decoding[shard.generator] = shard
+                waitables = list(inflight) + list(writing)
+                if len(inflight) < capacity:
+                    waitables += list(decoding)
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=STAGE_LINE_S)
+                if not ready:  # a stall (e.g. waiting for a lost node's work) says so
+                    log.info("waiting: %d shard(s) decoding, %d batch(es) on workers, %d "
+                             "part(s) writing", len(decoding), len(inflight), len(writing))
+                    if time.monotonic() - last_event > s.stall_s:
+                        actors = self._restart(actors, queue, decoding, inflight, writing)
+                        load = {i: 0 for i in range(len(actors))}
+                        last_event = time.monotonic()
+                    continue
+                last_event = time.monotonic()
+                for ref in ready:
+                    if ref in decoding:
+                        self._next_batch(decoding, ref, actors, load, inflight)
+                    elif ref in inflight:
+                        shard, actor = inflight.pop(ref)
+                        load[actor] -= 1
+                        shard.outputs.append(ref)  # errors surface in its writer task
+                        self.batches_done += 1
+                        self._stage_line(len(decoding), len(inflight), len(writing))
+                    else:
+                        shard = writing.pop(ref)
+                        try:
+                            self._finish(shard.position, ray.get(ref))
+                        except ray.exceptions.RayError as exc:
+                            self._fail(shard, str(exc), _died(ray, exc))
+                    for shard in self._complete(todo, decoding, inflight, writing):
+                        writing[self._write.remote(shard.plan, layout, shard.outputs,
+                                                   shard.started)] = shard
+            self.worker_stats = ray.get([a.stats.remote() for a in actors])
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+    def _restart(self, actors, queue, decoding, inflight, writing) -> list:
+        """Start the shards in progress again with fresh workers, after a stall.
+
+        Measured on a Cluster: when a node dies, a batch whose decode task ran there can stay
+        pending forever (the retried worker call waits for an object whose producer is itself
+        waiting, under generator backpressure, for the driver). Parts already written are
+        kept; each restart counts as an attempt of every shard in progress.
+        """
+        ray, s = self.ray, self.settings
+        stalled = list({id(x): x for x in [*decoding.values(), *writing.values(),
+                                            *(sh for sh, _ in inflight.values())]}.values())
+        log.warning("nothing finished for %.0f s: restarting %d shard(s) and the workers",
+                    s.stall_s, len(stalled))
+        for ref in [*decoding, *inflight, *writing]:
+            try:
+                ray.cancel(ref, force=True)
+            except (TypeError, ValueError, ray.exceptions.RayError) as exc:
+                log.debug("cancel failed: %s", exc)
+        for a in actors:
+            ray.kill(a)
+        decoding.clear(), inflight.clear(), writing.clear()
+        for shard in sorted(stalled, key=lambda x: x.position, reverse=True):
+            shard.restarts += 1
+            if shard.restarts > s.max_retries:
+                self._fail(shard, f"no progress for {s.stall_s:g} s, {shard.restarts} times",
+                           True)
+                continue
+            shard.generator, shard.decoded, shard.sent = None, False, 0
+            shard.outputs, shard.queued = [], False
+            queue.insert(0, shard)
+        f = self.first
+        return [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
+                for _ in range(len(actors))]
+
+    def _stage_line(self, decoding: int, inflight: int, writing: int) -> None:
+        """Per-stage progress, at most every STAGE_LINE_S: backbone batches/s and queues."""
+        now = time.monotonic()
+        if now - self._last_line < STAGE_LINE_S:
+            return
+        self._last_line = now
+        rate = self.batches_done / max(now - self._clock_start, 1e-9)
+        log.info("stages: decoding %d shard(s) | backbones %d batches done, %.2f batches/s, "
+                 "%d queued | writing %d part(s)", decoding, self.batches_done, rate, inflight,
+                 writing)
+
+    def _next_batch(self, decoding, gen, actors, load, inflight) -> None:
+        shard = decoding[gen]
+        try:
+            ref = next(gen)
+        except StopIteration:
+            shard.decoded = True
+            del decoding[gen]
+            return
+        if shard.failed is not None:
+            return
+        actor = min(load, key=load.get)
+        load[actor] += 1
+        shard.sent += 1
+        out = actors[actor].forward.remote(ref)
+        inflight[out] = (shard, actor)
+
+    def _complete(self, todo, decoding, inflight, writing) -> list[_Shard]:
+        """Shards whose decoding ended and whose batches are all back: ready to write."""
+        busy = {id(s) for s, _ in inflight.values()}
+        ready = []
+        for shard in todo:
+            if shard.decoded and not shard.queued and shard.failed is None and id(
+                    shard) not in busy:
+                shard.queued = True
+                ready.append(shard)
+        return ready
+
+
+def _died(ray: Any, exc: Exception) -> bool:
+    return not isinstance(exc, ray.exceptions.RayTaskError)
+
+
+def run_pool(plans: Sequence[Any], settings: PoolSettings, *, mode: str = "local",
+             address: str | None = None, on_result: Callable[[Any], None] | None = None,
+             stats: list | None = None) -> list[Any]:
+    """Run extract (or build) plans through the pipeline; RunError if any shard failed.
+
+    `stats`, when given, receives each actor's `FeatureWorker.stats()` at the end.
+    """
+    import ray
+
+    if not plans:
+        return []
+    started = connect(mode, address)
+    try:
+        run = PoolRun(plans, settings, on_result)
+        try:
+            return run.run()
+        finally:
+            if stats is not None:
+                stats.extend(run.worker_stats)
+    finally:
+        if started:
+            ray.shutdown()

@@ -299,6 +299,20 @@ def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def delete(url: str | os.PathLike[str]) -> None:
+    """Remove the file at `url` if it exists (local or remote)."""
+    if not is_remote(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    fs, path = resolve(url)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise _wrap(url, "cannot delete", e) from e
+
+
 def read_parquet(url: str | os.PathLike[str], **kwargs) -> pa.Table:
     """pq.read_table from a local path or a URL."""
     if not is_remote(url):

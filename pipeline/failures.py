@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from featstore.atomic import atomic_path
+from featstore import storage
 
 FAILURES_FILE = "failures.parquet"
 SCHEMA = pa.schema(
@@ -44,25 +43,24 @@ class FailedPlan:
     reason: str
 
 
-def write_failures(folder: str | os.PathLike, failed: Sequence[FailedPlan]) -> Path | None:
-    """Write FOLDER/failures.parquet (atomically), or remove it when nothing failed."""
-    path = Path(folder) / FAILURES_FILE
+def write_failures(folder: str | os.PathLike, failed: Sequence[FailedPlan]) -> str | None:
+    """Write FOLDER/failures.parquet (atomically; FOLDER may be a URL), or remove it when
+    nothing failed."""
+    path = storage.join(folder, FAILURES_FILE)
     if not failed:
-        path.unlink(missing_ok=True)
+        storage.delete(path)
         return None
     columns = {name: [getattr(f, name) for f in failed] for name in SCHEMA.names}
-    table = pa.table(columns, schema=SCHEMA)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    storage.write_parquet(pa.table(columns, schema=SCHEMA), path)
     return path
 
 
 def read_failures(folder: str | os.PathLike) -> list[FailedPlan]:
     """The rows of FOLDER/failures.parquet; [] when the last run lost nothing."""
-    path = Path(folder) / FAILURES_FILE
-    if not path.exists():
+    path = storage.join(folder, FAILURES_FILE)
+    if not storage.exists(path):
         return []
-    return [FailedPlan(**row) for row in pq.read_table(path).to_pylist()]
+    return [FailedPlan(**row) for row in storage.read_parquet(path).to_pylist()]
 
 
 def remove_orphan_temps(finals: Sequence[str | os.PathLike]) -> int:
@@ -73,7 +71,7 @@ def remove_orphan_temps(finals: Sequence[str | os.PathLike]) -> int:
     can still be running (after the run). Returns how many were removed.
     """
     removed = 0
-    for final in map(Path, finals):
+    for final in map(Path, (f for f in finals if not storage.is_remote(f))):
         for tmp in final.parent.glob(f".{final.name}.tmp-*"):
             tmp.unlink(missing_ok=True)
             removed += 1

@@ -133,11 +133,13 @@ def run_stage(fn: Callable, plans: Sequence, args: argparse.Namespace,
 
 
 def _outputs(plans: Sequence) -> list[Path]:
-    from featstore import part_path
+    from featstore import part_path, storage
 
     out = []
     for plan in plans:
         extract = getattr(plan, "extract", plan)
+        if storage.is_remote(extract.store_dir):  # uploads leave no temporary files there
+            continue
         out.append(part_path(extract.store_dir, extract.part))
         shard = getattr(plan, "shard", None)
         if shard is not None and hasattr(shard, "path"):

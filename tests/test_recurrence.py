@@ -74,7 +74,7 @@ def test_liteeval_one_pass_equals_the_stepped_formulation(cell, training):
                             "fine": ViewInfo("fine", 8, "resnet101", 224, 8.0, {}, {})},
                      classes=["a", "b", "c"], num_classes=3)
     torch.manual_seed(0)
-    model = liteeval.build(liteeval.Config(cell=cell, coarse_hidden=4, fine_hidden=10,
+    model = liteeval.build(liteeval.Config(cell=cell, coarse_hidden=4, fine_hidden=10, readout="last",
                                            baseline_head=False), info)
     lengths = torch.tensor([7, 3, 5])
     mask = torch.arange(7)[None, :] < lengths[:, None]

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers import normalize
 from trainers.budget import BudgetController
 from trainers.cost import module_gmacs
 from trainers.data import StoreInfo, make_loader
@@ -326,7 +327,7 @@ def measure_training_errors(model: C2F, loader) -> torch.Tensor:
     device = model.train_errors.device
     for batch in loader:
         batch = to_device(batch, device)
-        paths = model.pathway_logits(batch)
+        paths = model.pathway_logits(normalize.apply(model, batch))
         fused = model.fusion(paths.flatten(1))
         for i in range(paths.shape[1]):
             wrong[i] += _top1_wrong(paths[:, i], batch.targets).sum().cpu()
@@ -366,7 +367,7 @@ def _collect(model: C2F, loader, needed: int) -> dict[str, np.ndarray]:
         before = seen
         for batch in loader:
             batch = to_device(batch, model.train_errors.device)
-            paths = model.pathway_logits(batch)
+            paths = model.pathway_logits(normalize.apply(model, batch))
             fused = model.fusion(paths.flatten(1))
             conf.append(model.calibrated_confidence(paths))
             costs.append(model.exit_costs(batch.lengths))

@@ -11,6 +11,7 @@ optional RUN/online.json and RUN/budget.json written by `c2f eval`).
   (AR-Net Fig. 4, SoF-Net Fig. 4.2), with the video's labels and whether top-1 was right.
 - budget.png (when budget.json exists): running mean cost against the per-video budget
   (C2F Fig. 2a).
+- training_curves.png: train and validation loss and mAP per epoch (trainers/curves.py).
 - summary.md: one table row per run.
 
 Only matplotlib's object API with the Agg canvas is used, so no global backend is set.
@@ -31,6 +32,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from trainers.curves import plot_training_curves
 from trainers.synthetic import TRUTH_FILE, load_truth
 from trainers.train import atomic_write_text
 
@@ -265,6 +267,9 @@ def make_report(run: str | os.PathLike, compare: list[str | os.PathLike] | None 
         plot_fine_usage_per_class(main, out / "fine_usage_per_class.png"),
         plot_decision_strips(main, out / "decision_strips.png", truth=_truth(main)),
     ]
+    curves = plot_training_curves(main.path, out / "training_curves.png")
+    if curves is not None:
+        written.append(curves)
     if main.online:
         written.append(plot_online_curve(main.online, out / "online_curve.png"))
     if main.budget:

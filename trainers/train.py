@@ -9,6 +9,7 @@ train_loader)` (called on the best weights before the test evaluation; best.pt i
 with whatever buffers it filled). Run directory:
 
     RUN/config.json            resolved config (a re-run must match it)
+    RUN/splits.json            train / val / train-probe video ids (trainers/splits.py)
     RUN/checkpoints/last.pt    model + optimizer + RNG + progress, written every epoch
     RUN/checkpoints/best.pt    model of the epoch with the best validation mAP
     RUN/metrics.jsonl          {"kind": "step", loss parts, data_time, compute_time} per step,
@@ -34,11 +35,13 @@ import numpy as np
 import torch
 
 from featstore import open_store
+from trainers import normalize, splits
 from trainers.config import RunConfig, config_from_dict
 from trainers.data import StoreInfo, make_loader, store_info
 from trainers.method import Batch, TrainState
 from trainers.methods import method_module
 from trainers.metrics import mean_average_precision, top1_accuracy
+from trainers.schedule import clip_gradients, lr_factor, make_optimizer, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +69,21 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     views, stages = tuple(model.required_views), bool(model.needs_stages)
     train_loader = make_loader(store, views, "train", cfg.batch_size, True, cfg.seed, stages,
                                cfg.cache)
-    val_loader = make_loader(store, views, cfg.val_split, cfg.batch_size, False, 0, stages,
-                             cfg.cache)
+    val_loader = make_loader(store, views, "train", cfg.batch_size, False, 0, stages, cfg.cache)
+    probe_loader = make_loader(store, views, "train", cfg.batch_size, False, 0, stages,
+                               cfg.cache)
     test_loader = make_loader(store, views, cfg.eval_split, cfg.batch_size, False, 0, stages,
                               cfg.cache)
-    if len(val_loader) == 0:
-        log.warning("no %r videos: best.pt follows the training split", cfg.val_split)
-        val_loader = make_loader(store, views, "train", cfg.batch_size, False, 0, stages,
-                                 cfg.cache)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # validation never on training videos: the store's val split, or one carved from train
+    roles = splits.record(run, splits.plan_splits(store, cfg.val_split, cfg.val_fraction,
+                                                  cfg.seed))
+    for loader, ids in ((train_loader, roles.train), (val_loader, roles.val),
+                        (probe_loader, roles.probe)):
+        splits.restrict(loader, ids)
+    if cfg.normalize:  # statistics of the training videos, stored with the weights
+        normalize.attach(model, info, None if (run / "checkpoints" / "last.pt").exists()
+                         else train_loader)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     plan = stage_plan(getattr(module, "SCHEDULE", None), cfg.epochs)
     state, start_epoch, best_map = TrainState(), 0, -math.inf
     last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
@@ -110,6 +119,11 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
                 loss, parts = model.loss(out, batch, state)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                parts["grad_norm"] = clip_gradients(model.parameters(), cfg.grad_clip)
+                parts["lr"] = cfg.lr * lr_factor(cfg.schedule, state.step, len(train_loader),
+                                                 cfg.epochs, cfg.warmup_epochs, cfg.milestones,
+                                                 cfg.lr_gamma)
+                set_lr(opt, parts["lr"])
                 opt.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -124,6 +138,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
                     log.info("epoch %d step %d loss %.4f", epoch, state.step, losses[-1])
                 t0 = time.perf_counter()
             val = evaluate(model, val_loader, info, state)
+            probe = evaluate(model, probe_loader, info, state)  # same measures on train videos
             improved = not val["mAP"] <= best_map  # NaN mAP (no positives) still checkpoints
             if improved:
                 best_map = val["mAP"] if not math.isnan(val["mAP"]) else best_map
@@ -131,6 +146,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
             rec = {"kind": "epoch", "epoch": epoch, "stage": state.stage,
                    "train_loss": float(np.mean(losses)), "val_mAP": val["mAP"],
                    "val_top1": val["top1"], "val_gflops_mean": val["gflops_mean"],
+                   "val_ce": val["ce"], "train_mAP": probe["mAP"], "train_ce": probe["ce"],
                    "val_gflops_std": val["gflops_std"], "val_fine_usage": val["fine_usage_mean"],
                    "epoch_time": time.perf_counter() - epoch_start}
             metrics.write(json.dumps(rec) + "\n")
@@ -147,8 +163,8 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     model.load_state_dict(ck["model"])
     if hasattr(module, "after_training"):
         # e.g. C2F measures its training error rates (eq. 5) on the final weights
-        module.after_training(model, make_loader(store, views, "train", cfg.batch_size, False,
-                                                 0, stages))
+        module.after_training(model, splits.restrict(make_loader(
+            store, views, "train", cfg.batch_size, False, 0, stages), roles.train))
         _save(best, {**ck, "model": model.state_dict()})
     result = evaluate(model, test_loader, info, state)
     write_eval(run, result)
@@ -248,6 +264,7 @@ def evaluate(model: torch.nn.Module, loader, info: StoreInfo, state: TrainState)
     views = sorted({v for r in records for v in r["frames_used"]})
     return {
         "mAP": ap.map,
+        "ce": mean_cross_entropy(scores, targets),
         "top1": top1_accuracy(scores, targets),
         "classes_evaluated": ap.classes_evaluated,
         "classes_skipped": ap.classes_skipped,
@@ -266,6 +283,12 @@ def evaluate(model: torch.nn.Module, loader, info: StoreInfo, state: TrainState)
         "classes": list(info.classes),
         "records": records,
     }
+
+
+def mean_cross_entropy(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over videos of -sum_c y_c/|y| log score_c: the loss a probability score pays."""
+    weights = targets / np.clip(targets.sum(axis=1, keepdims=True), 1.0, None)
+    return float(-(weights * np.log(np.clip(scores, 1e-8, None))).sum(axis=1).mean())
 
 
 def _summary(result: dict) -> dict:
@@ -293,6 +316,8 @@ def load_run(run: str | os.PathLike, which: str = "best") -> tuple[RunConfig, to
     store = open_store(cfg.store)
     info = store_info(store)
     model = method_module(cfg.method).build(cfg.method_config, info).to(cfg.device)
+    if cfg.normalize:
+        normalize.attach(model, info)  # buffers filled from the checkpoint
     model.load_state_dict(torch.load(path, map_location=cfg.device, weights_only=False)["model"])
     model.eval()
     return cfg, model, store, info

@@ -19,7 +19,7 @@ from trainers.method import TrainState
 from trainers.methods import METHODS, method_module
 from trainers.report import make_report
 from trainers.sweep import parse_knob, sweep
-from trainers.synthetic import make_synthetic_store
+from trainers.synthetic import REALISTIC, make_synthetic_store
 from trainers.train import atomic_write_text, evaluate, load_run, stage_plan, train
 
 CONFIG_HELP = """\
@@ -159,12 +159,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
     try:
-        path = make_synthetic_store(args.store, videos=args.videos, classes=args.classes,
-                                    frames=(args.min_frames, args.max_frames),
-                                    informative=args.informative, seed=args.seed)
+        options = dict(REALISTIC) if args.realistic else {}
+        given = {"classes": args.classes, "informative": args.informative,
+                 "video_style": args.video_style}
+        options |= {k: v for k, v in given.items() if v is not None}
+        if args.min_frames is not None or args.max_frames is not None:
+            lo, hi = options.get("frames", (16, 32))
+            options["frames"] = (args.min_frames or lo, args.max_frames or hi)
+        if args.no_val:
+            options["with_val"] = False
+        path = make_synthetic_store(args.store, videos=args.videos, seed=args.seed,
+                                    scale=args.scale, **options)
     except (ValueError, StoreError) as err:
         return _fail(err)
-    print(f"wrote synthetic store {path} ({args.videos} videos, {args.classes} classes)")
+    print(f"wrote synthetic store {path} ({args.videos} videos, "
+          f"{options.get('classes', 8)} classes)")
     return 0
 
 
@@ -240,10 +249,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "those of the named backbones.")
     p.add_argument("store", metavar="STORE", help="store directory to create")
     p.add_argument("--videos", type=int, default=96, help="number of videos (default 96)")
-    p.add_argument("--classes", type=int, default=8, help="even number of classes (default 8)")
-    p.add_argument("--min-frames", type=int, default=16, help="shortest video (default 16)")
-    p.add_argument("--max-frames", type=int, default=32, help="longest video (default 32)")
-    p.add_argument("--informative", type=float, default=0.3,
+    p.add_argument("--classes", type=int, default=None, help="even number of classes (default 8)")
+    p.add_argument("--min-frames", type=int, default=None, help="shortest video (default 16)")
+    p.add_argument("--max-frames", type=int, default=None, help="longest video (default 32)")
+    p.add_argument("--informative", type=float, default=None,
                    help="fraction of each video carrying class evidence (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--realistic", action="store_true",
+                   help="look like a real untrimmed dataset: 24 classes, 40-80 frames, 10%% "
+                   "class segments, a per-video look, no val split (explicit flags still win)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every feature, e.g. 0.1 or 10 (default 1)")
+    p.add_argument("--video-style", type=float, default=None,
+                   help="amplitude of a constant per-video look added to every frame (default 0)")
+    p.add_argument("--no-val", action="store_true",
+                   help="train and test splits only (the val share goes to train)")
     p.set_defaults(handler=cmd_synthetic)

@@ -49,6 +49,9 @@ from trainers.method import Batch, MethodOutput, TrainState
 from trainers.recurrence import cell_step, input_projections
 
 #: (stage, fraction of the epochs): the paper's 15 warm-up and 60 joint epochs.
+#: loop settings (trainers.config): weight decay 1e-5 and the rate x0.1 after 30 of 75 epochs
+#: (SoF-Net sec. 4.1), as a fraction of the run
+RUN_DEFAULTS = {"weight_decay": 1e-5, "schedule": "multistep", "milestones": [0.4]}
 SCHEDULE: list[tuple[str, float]] = [("warmup", 15 / 75), ("joint", 60 / 75)]
 STAGES = ("warmup", "joint")
 

@@ -214,6 +214,13 @@ def parse_sets(sets: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def method_run_defaults(module: types.ModuleType, method: str) -> dict[str, Any]:
+    """The loop settings a method module asks for: `run_defaults(method)` or RUN_DEFAULTS."""
+    if hasattr(module, "run_defaults"):
+        return dict(module.run_defaults(method))
+    return dict(getattr(module, "RUN_DEFAULTS", {}))
+
+
 def resolve_config(
     method: str | None = None,
     file: str | os.PathLike | None = None,
@@ -229,7 +236,7 @@ def resolve_config(
         raise ValueError(f"config file says method {data['method']!r} but {method!r} was given")
     module = method_module(method)
     cfg = RunConfig(method=method, method_config=module.Config(**PRESETS.get(method, {})))
-    _set_fields(cfg, dict(getattr(module, "RUN_DEFAULTS", {})), "", from_text=False)
+    _set_fields(cfg, method_run_defaults(module, method), "", from_text=False)
     file_method = data.pop("method_config", {}) or {}
     data.pop("method", None)
     _set_fields(cfg, data, "", from_text=False)

@@ -110,3 +110,16 @@ def test_old_run_configs_load_without_normalisation():
         old.pop(key)
     cfg = config_from_dict(old)
     assert (cfg.normalize, cfg.grad_clip, cfg.schedule) == (False, 0.0, "constant")
+
+
+def test_cli_writes_a_realistic_store_at_a_given_scale(tmp_path, capsys):
+    from cluster.cli import main
+
+    path = tmp_path / "cli_store"
+    assert main(["synthetic", str(path), "--realistic", "--videos", "48", "--classes", "4",
+                 "--min-frames", "10", "--max-frames", "12", "--scale", "10"]) == 0
+    assert "48 videos, 4 classes" in capsys.readouterr().out
+    store = open_store(path)
+    params = json.loads((path / "synthetic_truth.json").read_text())["params"]
+    assert params["scale"] == 10.0 and params["with_val"] is False and params["classes"] == 4
+    assert params["informative"] == REALISTIC["informative"] and not store.video_ids("val")

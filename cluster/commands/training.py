@@ -40,8 +40,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override one config key (repeatable)")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=int, help="videos per batch (default 32)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate (default 1e-3; uniform baselines 1e-2)")
+    p.add_argument("--weight-decay", type=float,
+                   help="weight decay (default 0; the method's RUN_DEFAULTS may set one)")
     p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default cpu)")
 
@@ -182,8 +184,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     methods = ", ".join(sorted(METHODS))
     p = sub.add_parser(
         "train", help="train a method or baseline on a feature store",
-        description=_wrap("Train METHOD on STORE's train split with the shared loop: Adam, val mAP "
-        "every epoch, RUN/checkpoints/{last,best}.pt, RUN/metrics.jsonl, then test evaluation "
+        description=_wrap("Train METHOD on STORE's train split with the shared loop: Adam, warm-up + "
+        "cosine learning rate, gradient clipping, features standardised on the training "
+        "videos, val mAP every epoch (a store without a val split gets one carved from "
+        "train, see RUN/splits.json), RUN/checkpoints/{last,best}.pt, RUN/metrics.jsonl, then test evaluation "
         "of best.pt into RUN/eval.json and RUN/predictions.jsonl. Re-running the same "
         "command resumes an interrupted run and does nothing for a finished one."),
         epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -79,8 +79,8 @@ def plan_splits(store, val_split: str, val_fraction: float, seed: int) -> RunSpl
         train, val = carve_validation(train_ids, [list(store.labels(v)) for v in train_ids],
                                       val_fraction, seed)
         source = f"carved from train (val_fraction={val_fraction}, seed={seed})"
-        log.info("store has no %r videos: validating on %d videos carved from train (%s)",
-                 val_split, len(val), source)
+        log.info("store has no %r videos: validating on %d videos %s", val_split, len(val),
+                 source)
     rng = np.random.default_rng([seed, 104729])
     size = min(len(train), len(val), PROBE_MAX)
     probe = sorted(train[i] for i in rng.choice(len(train), size=size, replace=False))

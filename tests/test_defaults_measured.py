@@ -41,9 +41,15 @@ def run_default(method: str, store, out, *sets: str) -> dict:
     return result
 
 
-def test_uniform_defaults_learn_at_every_feature_scale(stores, tmp_path):
-    results = {s: run_default("uniform", stores[s], tmp_path / f"u{s}", "view=fine")
-               for s in SCALES}
+@pytest.fixture(scope="module")
+def uniform_runs(stores, tmp_path_factory):
+    """Uniform-fine with its defaults at every scale, trained once for the module."""
+    root = tmp_path_factory.mktemp("uniform_runs")
+    return {s: run_default("uniform", stores[s], root / f"u{s}", "view=fine") for s in SCALES}
+
+
+def test_uniform_defaults_learn_at_every_feature_scale(uniform_runs):
+    results = uniform_runs
     for s, r in results.items():
         print(f"\nuniform-fine, defaults, features x{s}: test mAP {100 * r['mAP']:.1f}, "
               f"val mAP {100 * r['best_val_mAP']:.1f}")
@@ -54,8 +60,9 @@ def test_uniform_defaults_learn_at_every_feature_scale(stores, tmp_path):
         assert r["best_val_mAP"] - r["mAP"] <= 0.10
 
 
-def test_liteeval_defaults_train_the_same_at_small_and_large_scale(stores, tmp_path):
-    uniform = run_default("uniform", stores[1.0], tmp_path / "u", "view=fine")
+def test_liteeval_defaults_train_the_same_at_small_and_large_scale(stores, uniform_runs,
+                                                                   tmp_path):
+    uniform = uniform_runs[1.0]
     results = {}
     for s in (0.1, 10.0):
         r = results[s] = run_default("liteeval", stores[s], tmp_path / f"l{s}",

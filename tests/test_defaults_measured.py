@@ -71,5 +71,5 @@ def test_liteeval_defaults_train_the_same_at_small_and_large_scale(stores, unifo
         print(f"\nLiteEval, defaults, features x{s}: test mAP {100 * r['mAP']:.1f} (val "
               f"{100 * r['best_val_mAP']:.1f}) at {100 * share:.0f}% of uniform-fine's GFLOPs "
               f"(fine usage {r['fine_usage_mean']:.2f}); uniform-fine {100 * uniform['mAP']:.1f}")
-        assert r["mAP"] > 1.5 / 8 and share <= 0.6  # chance is 1/8
+        assert r["mAP"] > 0.5 and share <= 0.6  # chance is 1/8
     assert abs(results[0.1]["mAP"] - results[10.0]["mAP"]) <= 0.02

@@ -59,7 +59,9 @@ class Config:
         the last frames (measured on a realistic generated store at init: 75% of the input
         gradient on the last 5 frames, 6% on the class segment), so on background-dominated
         videos a fast learning rate fits the last frames' noise and memorises the training
-        videos before the credit reaches the short class segment; the mean reaches every step.
+        videos before the credit reaches the short class segment; the mean reaches every step
+        (same store, lr 1e-2, all else default: "last" train 1.00 / test 0.42 mAP, "mean" test
+        0.87).
     baseline_head: also train a per-frame linear classifier on detached fine features whose
         video score is the mean of its frames' softmax (the Uniform-fine classifier used by
         `trainers.online`); it takes no part in LiteEval's decisions, prediction or cost.

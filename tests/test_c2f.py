@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import c2f
+from trainers import c2f, normalize
 from trainers.budget import BudgetController
 from trainers.config import RunConfig
 from trainers.data import StoreInfo, ViewInfo, make_loader
@@ -160,7 +160,7 @@ def test_training_error_rates_are_measured_and_kept_in_the_checkpoint(trained):
     assert torch.all((rates > 0) & (rates < 1))
     assert rates[0] > rates[-1]  # the coarsest pathway errs more than the ensemble
     assert torch.allclose(stored.double(), rates)  # best.pt already held the same rates
-    clone = c2f.build(c2f.Config(views=VIEWS), info)
+    clone = normalize.attach(c2f.build(c2f.Config(views=VIEWS), info), info)
     clone.load_state_dict(model.state_dict())
     assert torch.equal(clone.train_errors, model.train_errors.float())
 
@@ -168,8 +168,13 @@ def test_training_error_rates_are_measured_and_kept_in_the_checkpoint(trained):
 def test_lower_threshold_exits_earlier_and_costs_less(trained):
     model, store_, info, *_ = trained
     loader = make_loader(store_, VIEWS, "test", 64, False)
+    # thresholds from the spread of eq. 5's calibrated confidence of the first exit on these
+    # videos (its scale depends on how few training errors the ensemble makes)
+    conf = torch.cat([model.calibrated_confidence(model.pathway_logits(normalize.apply(
+        model, b)))[:, 0] for b in loader]).detach()
+    qs = [float(torch.quantile(conf, q)) for q in (0.9, 0.5, 0.1)]
     rows = []
-    for t in (None, 0.0, -6.0, -12.0, -30.0):
+    for t in (None, *qs, float(conf.min()) - 1.0):
         model.cfg.exit_threshold = t
         r = evaluate(model, loader, info, TrainState(training=False))
         rows.append((t, r["mAP"], r["top1"], r["gflops_mean"]))

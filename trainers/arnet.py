@@ -49,6 +49,7 @@ from trainers.data import StoreInfo
 from trainers.gumbel import annealed_tau, gumbel_softmax_st, hard_argmax
 from trainers.losses import soft_cross_entropy
 from trainers.method import Batch, MethodOutput, TrainState
+from trainers.recurrence import cell_step, input_projections
 
 #: (stage, fraction of the epochs): the paper's 10 warm-up, 50 joint, 50 fine-tune epochs.
 SCHEDULE: list[tuple[str, float]] = [
@@ -172,11 +173,15 @@ class ARNet(nn.Module):
         remaining = torch.zeros(bsz, dtype=torch.int64, device=low.device)
         codes = torch.full((bsz, steps), -1, dtype=torch.int64, device=low.device)
         actions = []
+        policy_runs = mode in ("gumbel", "argmax")
+        # the LSTM's input projection runs once over all frames (trainers.recurrence)
+        lstm_inputs = input_projections(self.lstm, low) if policy_runs else ()
+        valid_steps = batch.mask.unbind(1)
         for t in range(steps):
-            valid = batch.mask[:, t]
+            valid = valid_steps[t]
             visit = valid & (remaining == 0)
-            if mode in ("gumbel", "argmax"):
-                h_new, c_new = self.lstm(low[:, t], (h, c))  # eq. 1-2
+            if policy_runs:
+                h_new, c_new = cell_step(self.lstm, lstm_inputs[t], [h, c])  # eq. 1-2
                 logits = self.gate(h_new)
                 sample = gumbel_softmax_st(logits, tau) if mode == "gumbel" else hard_argmax(logits)
                 h = torch.where(visit[:, None], h_new, h)

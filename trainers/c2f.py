@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers import normalize
 from trainers.budget import BudgetController
 from trainers.configs.c2f import Config
 from trainers.cost import module_gmacs
@@ -270,7 +271,7 @@ def measure_training_errors(model: C2F, loader) -> torch.Tensor:
     total = 0
     with evaluating(model, loader) as batches:
         for batch in batches:
-            paths = model.pathway_logits(batch)
+            paths = model.pathway_logits(normalize.apply(model, batch))
             fused = model.fusion(paths.flatten(1))
             for i in range(paths.shape[1]):
                 wrong[i] += _top1_wrong(paths[:, i], batch.targets).sum().cpu()
@@ -302,7 +303,7 @@ def _collect(model: C2F, loader, needed: int) -> dict[str, np.ndarray]:
         while seen < needed:
             before = seen
             for batch in batches:
-                paths = model.pathway_logits(batch)
+                paths = model.pathway_logits(normalize.apply(model, batch))
                 fused = model.fusion(paths.flatten(1))
                 conf.append(model.calibrated_confidence(paths))
                 costs.append(model.exit_costs(batch.lengths))

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from featstore import storage
 from trainers.methods import method_spec
+from trainers.schedule import OPTIMIZERS, SCHEDULES
 
 try:
     import tomllib
@@ -42,13 +43,17 @@ class RunConfig:
     """Loop settings (the method's hyperparameters live in `method_config`).
 
     method: a name from trainers.methods.METHODS. store: feature store directory.
-    out: run directory. epochs, batch_size, lr, weight_decay: Adam training. seed: seeds data
-    order and model init. device: torch device. val_split: evaluated every epoch (best.pt is
-    chosen on it). eval_split: evaluated at the end (eval.json). log_every: steps between
-    progress log lines. cache: keep features in memory after the first epoch: on, off, or
-    auto (when they fit in cache_gb GB; None: half of the available memory; see
-    trainers/cache_policy.py). threads: torch threads (None: the CPUs this process may use,
-    trainers/threads.py).
+    out: run directory. epochs, batch_size, lr, weight_decay: training (defaults per method:
+    its spec's run_defaults, trainers/methods.py). seed: seeds data order and model init.
+    device: torch device. val_split: evaluated every epoch (best.pt is chosen on it); a store
+    without it gets one carved from train, `val_fraction` of each class (trainers/splits.py).
+    eval_split: evaluated at the end (eval.json). log_every: steps between progress log lines.
+    cache: keep features in memory after the first epoch: on, off, or auto (when they fit in
+    cache_gb GB; None: half of the available memory; see trainers/cache_policy.py). threads:
+    torch threads (None: the CPUs this process may use, trainers/threads.py).
+    optimizer, schedule, warmup_epochs, milestones, lr_gamma: see trainers/schedule.py
+    (milestones are fractions of the run). grad_clip: max gradient L2 norm (0 = off).
+    normalize: standardise features with training-split statistics (trainers/normalize.py).
     """
 
     method: str = ""
@@ -66,6 +71,14 @@ class RunConfig:
     cache: Literal["auto", "on", "off"] = "auto"
     cache_gb: float | None = None
     threads: int | None = None
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_gamma: float = 0.1
+    grad_clip: float = 5.0
+    normalize: bool = True
+    val_fraction: float = 0.1
     method_config: Any = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +87,10 @@ class RunConfig:
         d["method_config"] = dataclasses.asdict(self.method_config)
         return json.loads(json.dumps(d))
 
+
+#: what a config.json without these keys (written before they existed) trained with
+LEGACY_RUN_VALUES: dict[str, Any] = {"optimizer": "adam", "schedule": "constant",
+                                     "warmup_epochs": 0.0, "grad_clip": 0.0, "normalize": False}
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"method_config"}
 # How a run is executed, not which run it is: a resumed run may change them.
@@ -217,7 +234,9 @@ def resolve_config(
         raise ValueError("no method given (positional METHOD or 'method' in the config file)")
     if data.get("method") not in (None, method):
         raise ValueError(f"config file says method {data['method']!r} but {method!r} was given")
-    cfg = RunConfig(method=method, method_config=method_spec(method).default_config())
+    spec = method_spec(method)
+    cfg = RunConfig(method=method, method_config=spec.default_config())
+    _set_fields(cfg, dict(spec.run_defaults), "", from_text=False)
     file_method = data.pop("method_config", {}) or {}
     data.pop("method", None)
     _set_fields(cfg, data, "", from_text=False)
@@ -258,6 +277,20 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ValueError(f"config key 'threads' must be >= 1, got {cfg.threads}")
     if cfg.cache_gb is not None and cfg.cache_gb < 0:
         raise ValueError(f"config key 'cache_gb' must be >= 0, got {cfg.cache_gb}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config key 'optimizer' must be one of {OPTIMIZERS}, got "
+                         f"{cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"config key 'schedule' must be one of {SCHEDULES}, got "
+                         f"{cfg.schedule!r}")
+    if cfg.warmup_epochs < 0 or cfg.grad_clip < 0:
+        raise ValueError("config keys 'warmup_epochs' and 'grad_clip' must be >= 0, got "
+                         f"{cfg.warmup_epochs} and {cfg.grad_clip}")
+    if any(not 0.0 < m < 1.0 for m in cfg.milestones):
+        raise ValueError(f"config key 'milestones' must be fractions in (0, 1), got "
+                         f"{cfg.milestones}")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ValueError(f"config key 'val_fraction' must be in (0, 1), got {cfg.val_fraction}")
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
@@ -265,6 +298,8 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     d = dict(d)
     config_type = method_spec(d["method"]).config_type()
     cfg = RunConfig(method=d.pop("method"), method_config=config_type())
+    # a run written before these keys existed trained without them
+    d = {**{k: v for k, v in LEGACY_RUN_VALUES.items() if k not in d}, **d}
     method_values = d.pop("method_config", {}) or {}
     if isinstance(d.get("cache"), bool):  # runs written before cache became auto|on|off
         d["cache"] = "on" if d["cache"] else "off"

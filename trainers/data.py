@@ -139,6 +139,13 @@ class FeatureLoader:
     def __len__(self) -> int:
         return (len(self.video_ids) + self.batch_size - 1) // self.batch_size
 
+    def select(self, video_ids: Sequence[str]) -> FeatureLoader:
+        """Read only `video_ids` (in this order; e.g. a validation split carved from train)."""
+        self.video_ids = list(video_ids)
+        self._parts = [self.store.part_of(v) for v in self.video_ids]
+        self._cache = {v: item for v, item in self._cache.items() if v in set(self.video_ids)}
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Fix the shuffle order of the next iteration to the one of `epoch`."""
         self.epoch = epoch

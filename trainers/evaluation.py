@@ -18,7 +18,7 @@ import torch
 
 from trainers.data import StoreInfo
 from trainers.method import Batch, TrainState
-from trainers.metrics import mean_average_precision, top1_accuracy
+from trainers.metrics import mean_average_precision, mean_cross_entropy, top1_accuracy
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -104,6 +104,7 @@ def _summarise(records: list[dict[str, Any]], scores: np.ndarray, targets: np.nd
     views = sorted({v for r in records for v in r["frames_used"]})
     return {
         "mAP": float(ap.map),
+        "ce": mean_cross_entropy(scores, targets),
         "top1": float(top1_accuracy(scores, targets)),
         "classes_evaluated": int(ap.classes_evaluated),
         "classes_skipped": int(ap.classes_skipped),

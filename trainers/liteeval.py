@@ -35,6 +35,7 @@ from trainers.cost import module_gmacs
 from trainers.data import StoreInfo
 from trainers.losses import soft_cross_entropy, video_loss
 from trainers.method import Batch, MethodOutput, TrainState
+from trainers.recurrence import cell_step, input_projections, lstm_states
 
 DECISION_NAMES = {0: "coarse", 1: "fine"}
 
@@ -87,16 +88,11 @@ class LiteEval(nn.Module):
         if self.cfg.cell == "gru":
             return [self.coarse_rnn(vc)[0]]
         # nn.LSTM returns only the last cell state; eq. 5 also copies c^c_t, so rebuild it
-        return list(_lstm_states(self.coarse_rnn, vc))
+        return list(lstm_states(self.coarse_rnn, vc))
 
     def _state(self, batch_size: int, hidden: int, like: torch.Tensor) -> list[torch.Tensor]:
         zeros = like.new_zeros(batch_size, hidden)
         return [zeros, zeros.clone()] if self.cfg.cell == "lstm" else [zeros]
-
-    def _step(self, cell: nn.Module, x: torch.Tensor, state: list[torch.Tensor]) -> list:
-        if self.cfg.cell == "lstm":
-            return list(cell(x, (state[0], state[1])))
-        return [cell(x, state[0])]
 
     def _decide(
         self, gate_logits: torch.Tensor, state: TrainState
@@ -115,32 +111,53 @@ class LiteEval(nn.Module):
     def forward(self, batch: Batch, state: TrainState) -> MethodOutput:
         vc = batch.features[self.cfg.coarse_view]
         vf = batch.features[self.cfg.fine_view]
-        bsz, steps, _ = vc.shape
+        bsz, steps, dc = vc.shape
         hc_dim = self.cfg.coarse_hidden
-        coarse_seq = self._coarse_states(vc)  # eq. 1 for every t: list of [B, T, D^c]
+        # what does not depend on the gate runs once over the whole sequence (module
+        # trainers.recurrence): eq. 1 for every t, the fine RNN's input projection of eq. 3 and
+        # the coarse half of the gate's eq. 2; only the recurrence steps per frame
+        # eq. 5 as "keep the last D^f - D^c units, add h^c padded to D^f": no per-step slices
+        pad = (0, self.cfg.fine_hidden - hc_dim)
+        coarse_steps = list(zip(*(F.pad(h, pad).unbind(1) for h in self._coarse_states(vc))))
+        keep_fine = vc.new_ones(self.cfg.fine_hidden)
+        keep_fine[:hc_dim] = 0
+        fine_inputs = input_projections(self.fine_rnn, torch.cat([vc, vf], dim=2))
+        gate_w = self.gate.weight
+        gate_coarse = (torch.matmul(vc, gate_w[:, :dc].t()) + self.gate.bias).unbind(1)
+        gate_hidden = gate_w[:, dc:].t()
+        valid_steps = batch.mask.unsqueeze(2).unbind(1)
         fine = self._state(bsz, self.cfg.fine_hidden, vc)
-        gates, log_probs, step_logits = [], [], []
-        keep_steps = not (state.training and self.training)
+        gates, log_probs, fine_states = [], [], []
+        keep_steps = not (state.training and self.training) or self.cfg.readout == "mean"
         for t in range(steps):
-            valid = batch.mask[:, t].unsqueeze(1)
-            x_c = vc[:, t]
-            h_c = [h[:, t] for h in coarse_seq]
-            gate_logits = self.gate(torch.cat([x_c, fine[0]], dim=1))  # eq. 2
+            valid = valid_steps[t]
+            gate_logits = gate_coarse[t] + torch.matmul(fine[0], gate_hidden)  # eq. 2
             b, log_p = self._decide(gate_logits, state)
-            new_fine = self._step(self.fine_rnn, torch.cat([x_c, vf[:, t]], dim=1), fine)  # eq. 3
+            new_fine = cell_step(self.fine_rnn, fine_inputs[t], fine)  # eq. 3
             if self.cfg.no_sync:
                 skipped = fine
             else:  # eq. 5: copy h^c (and the LSTM cell c^c) into the first D^c units
-                skipped = [torch.cat([c, f[:, hc_dim:]], dim=1) for c, f in zip(h_c, fine)]
+                skipped = [c + f * keep_fine for c, f in zip(coarse_steps[t], fine)]
             gate_b = b.unsqueeze(1)
-            mixed = [gate_b * nf + (1 - gate_b) * sk for nf, sk in zip(new_fine, skipped)]  # eq. 4
+            mixed = [sk + gate_b * (nf - sk) for nf, sk in zip(new_fine, skipped)]  # eq. 4
             fine = [torch.where(valid, n, o) for n, o in zip(mixed, fine)]
-            gates.append(b * batch.mask[:, t])
-            log_probs.append(log_p * batch.mask[:, t])
+            gates.append(b)
+            log_probs.append(log_p)
             if keep_steps:
-                step_logits.append(self.classifier(fine[0]))
-        logits = self.classifier(self.drop(fine[0]))  # eq. 6 at the last valid step
-        gate_t = torch.stack(gates, dim=1)  # B_t, differentiable for Gumbel (straight-through)
+                fine_states.append(fine[0])
+        step_mask = batch.mask.to(vc.dtype)
+        if self.cfg.readout == "mean":
+            # mean of h^f_t over valid steps (running mean for the online curve): the loss
+            # reaches every step's state directly, not only through the last frames
+            states = torch.stack(fine_states, dim=1) * step_mask.unsqueeze(2)
+            seen = step_mask.cumsum(dim=1).clamp_min(1.0).unsqueeze(2)
+            running = states.cumsum(dim=1) / seen
+            last = (batch.lengths - 1).clamp_min(0)
+            video_state = running[torch.arange(bsz, device=vc.device), last]
+        else:
+            video_state = fine[0]  # eq. 6 at the last valid step
+        logits = self.classifier(self.drop(video_state))
+        gate_t = torch.stack(gates, dim=1) * step_mask  # B_t, differentiable (straight-through)
         decisions = torch.where(batch.mask, gate_t.detach().round().long(), -1)
         lengths = batch.lengths.to(vc.dtype)
         n_fine = (decisions == 1).sum(dim=1)
@@ -150,11 +167,12 @@ class LiteEval(nn.Module):
             + self.classifier_gmacs
         )
         extras = {
-            "log_probs": torch.stack(log_probs, dim=1),
+            "log_probs": torch.stack(log_probs, dim=1) * step_mask,
             "fine_fraction": gate_t.sum(dim=1) / lengths.clamp_min(1.0),
         }
-        if keep_steps:
-            extras["step_logits"] = torch.stack(step_logits, dim=1)
+        if not (state.training and self.training):
+            extras["step_logits"] = self.classifier(
+                running if self.cfg.readout == "mean" else torch.stack(fine_states, dim=1))
         if self.uniform_head is not None:
             extras["uniform_frame_logits"] = self.uniform_head(vf.detach())
         return MethodOutput(
@@ -198,21 +216,6 @@ class LiteEval(nn.Module):
         return total, parts
 
 
-def _lstm_states(lstm: nn.LSTM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All hidden and cell states [B, T, H] of a one-layer nn.LSTM over `x` [B, T, D]."""
-    h_seq, _ = lstm(x)
-    hidden = lstm.hidden_size
-    h_prev = torch.cat([h_seq.new_zeros(h_seq.shape[0], 1, hidden), h_seq[:, :-1]], dim=1)
-    gates = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h_prev @ lstm.weight_hh_l0.T
-    gates = gates + lstm.bias_hh_l0
-    i, f, g, _ = gates.chunk(4, dim=2)
-    i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
-    cells = []
-    c = h_seq.new_zeros(h_seq.shape[0], hidden)
-    for t in range(x.shape[1]):
-        c = f[:, t] * c + i[:, t] * g[:, t]
-        cells.append(c)
-    return h_seq, torch.stack(cells, dim=1)
 
 
 def build(cfg: Config, info: StoreInfo) -> LiteEval:

@@ -90,3 +90,10 @@ def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
         return float("nan")
     top = scores.argmax(axis=1)
     return float(np.mean(targets[np.arange(len(scores)), top] > 0))
+
+
+def mean_cross_entropy(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over videos of -sum_c y_c/|y| log score_c: the loss a probability score pays (the
+    validation loss drawn beside the training loss, so overfitting shows)."""
+    weights = targets / np.clip(targets.sum(axis=1, keepdims=True), 1.0, None)
+    return float(-(weights * np.log(np.clip(scores, 1e-8, None))).sum(axis=1).mean())

@@ -12,6 +12,7 @@ trainers/rundir.py.
   (AR-Net Fig. 4, SoF-Net Fig. 4.2), with the video's labels and whether top-1 was right.
 - budget.png (when budget.json exists): running mean cost against the per-video budget
   (C2F Fig. 2a).
+- training_curves.png: train and validation loss and mAP per epoch (trainers/curves.py).
 - summary.md: one table row per run.
 
 Only matplotlib's object API with the Agg canvas is used, so no global backend is set.
@@ -34,6 +35,7 @@ from matplotlib.patches import Patch
 
 from featstore.atomic import atomic_path, write_text
 from trainers import rundir
+from trainers.curves import plot_training_curves
 from trainers.synthetic import TRUTH_FILE, load_truth
 
 log = logging.getLogger(__name__)
@@ -268,6 +270,9 @@ def make_report(run: str | os.PathLike, compare: list[str | os.PathLike] | None 
         plot_fine_usage_per_class(main, out / rundir.USAGE_FIGURE),
         plot_decision_strips(main, out / rundir.STRIPS_FIGURE, truth=_truth(main)),
     ]
+    curves = plot_training_curves(main.path, out / rundir.CURVES_FIGURE)
+    if curves is not None:
+        written.append(curves)
     if main.online:
         written.append(plot_online_curve(main.online, out / rundir.ONLINE_FIGURE))
     if main.budget:

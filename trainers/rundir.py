@@ -5,6 +5,7 @@ that read it cannot drift apart. docs/trainers.md describes what each file holds
 
     RUN/config.json            resolved config (a re-run must match it)
     RUN/metrics.jsonl          one record per training step and per epoch
+    RUN/splits.json            train / val / train-probe video ids (trainers/splits.py)
     RUN/checkpoints/last.pt    model + optimizer + RNG + progress, written every epoch
     RUN/checkpoints/best.pt    model of the epoch with the best validation mAP
     RUN/eval.json              test summary (the run is finished once this exists)
@@ -25,6 +26,7 @@ from pathlib import Path
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+SPLITS = "splits.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_SUFFIX = ".pt"
 LAST = "last"
@@ -43,6 +45,7 @@ USAGE_FIGURE = "fine_usage_per_class.png"
 STRIPS_FIGURE = "decision_strips.png"
 BUDGET_FIGURE = "budget.png"
 SUMMARY = "summary.md"
+CURVES_FIGURE = "training_curves.png"
 
 # Files of a sweep directory.
 SWEEP_TABLE = "sweep.csv"
@@ -65,6 +68,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS
+
+    @property
+    def splits(self) -> Path:
+        return self.root / SPLITS
 
     @property
     def checkpoints(self) -> Path:

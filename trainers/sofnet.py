@@ -46,6 +46,7 @@ from trainers.data import StoreInfo
 from trainers.gumbel import annealed_tau, gumbel_softmax_st, hard_argmax
 from trainers.losses import soft_cross_entropy
 from trainers.method import Batch, MethodOutput, TrainState
+from trainers.recurrence import cell_step, input_projections
 
 #: (stage, fraction of the epochs): the paper's 15 warm-up and 60 joint epochs.
 SCHEDULE: list[tuple[str, float]] = [("warmup", 15 / 75), ("joint", 60 / 75)]
@@ -62,11 +63,16 @@ class PolicyModule(nn.Module):
         self.gate = nn.Linear(hidden, 2)  # W_g, eq. 3.3; index 0 = stop, 1 = forward
         self.inner = nn.Linear(hidden, num_classes)  # W_cls, eq. 3.13
 
+    def lstm_inputs(self, stage_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The LSTM's input projection of W_x x_t for every frame, in one pass (see
+        trainers.recurrence): a tuple of T tensors [B, 4H]."""
+        return input_projections(self.lstm, self.fc(stage_features))
+
     def step(
-        self, embedded: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+        self, lstm_input: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """New (h, c) and gate logits q from W_x x (eq. 3.2-3.3); W_x runs on all frames at once."""
-        h, c = self.lstm(embedded, state)
+        """New (h, c) and gate logits q (eq. 3.2-3.3) from one element of `lstm_inputs`."""
+        h, c = cell_step(self.lstm, lstm_input, list(state))
         return h, c, self.gate(h)
 
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -151,7 +157,9 @@ class SoFNet(nn.Module):
 
     def forward(self, batch: Batch, state: TrainState) -> MethodOutput:
         feats = batch.stages[self.view]
-        xs = [pm.fc(feats[s]) for pm, s in zip(self.policies, self.stages)]  # W_x, [B, T, E]
+        # W_x and the LSTM input projections run once over all frames; the loop reads per-step
+        # tuples (no [:, t] indexing of tensors that need gradients: see trainers.recurrence)
+        xs = [pm.lstm_inputs(feats[s]) for pm, s in zip(self.policies, self.stages)]
         bsz, steps = batch.mask.shape
         n = len(self.stages)
         training = state.training and self.training
@@ -160,6 +168,8 @@ class SoFNet(nn.Module):
         early = (not training) and self.cfg.early_termination
         frame_logits = self.mlp(batch.features[self.view])  # [B, T, C], eq. 3.5
         like = frame_logits
+        frame_steps = frame_logits.unbind(1)
+        valid_steps = batch.mask.unbind(1)
         states = [
             (like.new_zeros(bsz, self.cfg.hidden), like.new_zeros(bsz, self.cfg.hidden))
             for _ in range(n)
@@ -170,12 +180,12 @@ class SoFNet(nn.Module):
         codes = torch.full((bsz, steps), -1, dtype=torch.int64, device=like.device)
         gates, q_all, hidden_all, frame_cost = [], [], [], []
         for t in range(steps):
-            valid = batch.mask[:, t]
+            valid = valid_steps[t]
             seen = (valid & ~ended).to(like.dtype)
             reach = seen  # 1 while the frame is still being forwarded
             news, g_t, r_t, q_t = [], [], [], []
             for k, pm in enumerate(self.policies):
-                h, c, q = pm.step(xs[k][:, t], states[k])  # eq. 3.1-3.3
+                h, c, q = pm.step(xs[k][t], states[k])  # eq. 3.1-3.3
                 g = self._gate(q, mode, tau)  # eq. 3.4
                 r_t.append(reach)
                 reach = reach * g
@@ -191,7 +201,7 @@ class SoFNet(nn.Module):
                     torch.where(used[:, None], h, h_old),
                     torch.where(used[:, None], c, c_old),
                 )
-            total = total + s_t[:, None] * frame_logits[:, t]
+            total = total + s_t[:, None] * frame_steps[t]
             count = count + s_t
             r_stack = torch.stack(r_t, dim=1)  # [B, N]
             stop_at = torch.stack(g_t, dim=1).detach().sum(dim=1).long()  # modules passed

@@ -30,6 +30,14 @@ Structure (deterministic for a given seed):
 
   So coarse features tell informative from background and the class pair, never the class
   inside a pair; fine features tell the class on informative frames only.
+- Real-data options (all off by default, so the store above is unchanged):
+  `video_style` adds, to every frame of a video, a constant random direction per view of that
+  amplitude (the scene/camera look a real video has whatever its class: a model with enough
+  capacity can recognise the training videos by it without learning the class evidence);
+  `scale` multiplies every stored feature (real backbones' features are not N(0, 1): tests run
+  at 0.1x, 1x and 10x); `with_val=False` keeps only train and test splits (the val share goes
+  to train), as many real stores have. `REALISTIC` holds the settings of a store that looks
+  like a real untrimmed dataset (background-dominated videos with short class segments).
 - The fine view has per-stage pooled features res1..res5 (SoF-Net), dims 16, 24, 32, 48, 64,
   class amplitude 0.3, 0.8, 1.5, 2.2 and res5 == the fine features; informative/background
   amplitudes are the same at every stage, so background frames can be stopped early.
@@ -91,6 +99,10 @@ FINE_STAGES: dict[str, tuple[int, float]] = {
     "res5": (64, 3.0),
 }
 BACKGROUND_CLUSTERS = 4
+#: a store that looks like a real untrimmed dataset: 24 classes (12 coarse groups), 40-80 s
+#: videos of which about 10% carry the class, a per-video look, no val split
+REALISTIC: dict[str, object] = {"classes": 24, "frames": (40, 80), "informative": 0.1,
+                                "video_style": 1.5, "with_val": False}
 TRUTH_FILE = "synthetic_truth.json"
 
 
@@ -142,6 +154,9 @@ def make_synthetic_store(
     informative: float = 0.3,
     second_label: float = 0.0,
     seed: int = 0,
+    scale: float = 1.0,
+    video_style: float = 0.0,
+    with_val: bool = True,
 ) -> Path:
     """Write the store described in the module docstring to `store_dir` and return its path."""
     if classes < 2 or classes % 2:
@@ -152,9 +167,15 @@ def make_synthetic_store(
         raise ValueError(f"frames must be (lo, hi) with 2 <= lo <= hi, got {frames}")
     if not 0.0 < informative <= 1.0:
         raise ValueError(f"informative must be in (0, 1], got {informative}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    if video_style < 0:
+        raise ValueError(f"video_style must be >= 0, got {video_style}")
     store_dir = Path(store_dir)
     params = {"videos": videos, "classes": classes, "frames": list(frames),
               "informative": informative, "second_label": second_label, "seed": seed}
+    if (scale, video_style, with_val) != (1.0, 0.0, True):  # old stores keep their params
+        params |= {"scale": scale, "video_style": video_style, "with_val": with_val}
     if (store_dir / TRUTH_FILE).exists():
         old = json.loads((store_dir / TRUTH_FILE).read_text())["params"]
         if old != params:
@@ -162,6 +183,7 @@ def make_synthetic_store(
         log.info("synthetic store %s already complete: nothing to do", store_dir)
         return store_dir
     rng = np.random.default_rng(seed)
+    style_rng = np.random.default_rng([seed, 1])  # its own stream: defaults stay unchanged
     protos = {v: _Prototypes(rng, spec.dim, classes) for v, spec in VIEWS.items()}
     stage_protos = {s: _Prototypes(rng, d, classes) for s, (d, _) in FINE_STAGES.items()
                     if s != "res5"}
@@ -177,7 +199,8 @@ def make_synthetic_store(
         },
         stage_dims={"fine": {s: d for s, (d, _) in FINE_STAGES.items()}},
         attrs={"generator": "trainers.synthetic", "seed": seed, "informative": informative,
-               "second_label": second_label, "fps": 1.0},
+               "second_label": second_label, "fps": 1.0, "scale": scale,
+               "video_style": video_style},
     )
     truth: dict[str, list[int]] = {}
     per_class_seen = [0] * classes
@@ -189,7 +212,7 @@ def make_synthetic_store(
             k, n = per_class_seen[label], per_class_total[label]
             per_class_seen[label] += 1
             n_test = max(1, round(0.2 * n)) if n >= 2 else 0
-            n_val = max(1, round(0.2 * n)) if n >= 3 else 0
+            n_val = max(1, round(0.2 * n)) if n >= 3 and with_val else 0
             n_train = n - n_val - n_test
             split = "train" if k < n_train else ("val" if k < n_train + n_val else "test")
             t = int(rng.integers(frames[0], frames[1] + 1))
@@ -211,6 +234,9 @@ def make_synthetic_store(
             for v, spec in VIEWS.items():
                 amps = (spec.a_cls, spec.a_grp, spec.a_inf, spec.a_bg)
                 feats[v] = protos[v].render(rng, frame_class, strength, cluster, amps)
+            if video_style > 0:
+                for v, spec in VIEWS.items():
+                    feats[v] += video_style * _unit(style_rng, 1, spec.dim)
             fine_spec = VIEWS["fine"]
             stages = {}
             for s, (_, a_cls) in FINE_STAGES.items():
@@ -219,14 +245,16 @@ def make_synthetic_store(
                 else:
                     amps = (a_cls, fine_spec.a_grp, fine_spec.a_inf, fine_spec.a_bg)
                     stages[s] = stage_protos[s].render(rng, frame_class, strength, cluster, amps)
+                    if video_style > 0:
+                        stages[s] += video_style * _unit(style_rng, 1, stages[s].shape[1])
             video_id = f"syn{i:05d}"
             writer.add_video(
                 video_id,
                 labels=[names[c] for c in labels],
                 split=split,
                 timestamps=np.arange(t, dtype=np.float64),
-                features={v: x.astype(np.float16) for v, x in feats.items()},
-                stages={"fine": {s: x.astype(np.float16) for s, x in stages.items()}},
+                features={v: (scale * x).astype(np.float16) for v, x in feats.items()},
+                stages={"fine": {s: (scale * x).astype(np.float16) for s, x in stages.items()}},
             )
             truth[video_id] = (frame_class >= 0).astype(int).tolist()
     except BaseException:

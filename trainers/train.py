@@ -4,9 +4,11 @@ Methods differ only in their model and loss (trainers/method.py); what else the 
 about a method is its `MethodSpec` (trainers/methods.py): the builder, the stage schedule (the
 model's `configure_stage(stage)` is called whenever the stage changes) and the post-training
 hook (called on the best weights before the test evaluation; best.pt is re-saved with whatever
-buffers it filled). This file builds the data, the model and Adam, runs the epochs, evaluates
-on the validation split every epoch (trainers/evaluation.py), checkpoints
-(trainers/checkpoint.py), and finally evaluates best.pt on the test split. The files of a run
+buffers it filled). This file builds the data, the model and the optimizer with its schedule
+and clipping (trainers/schedule.py), runs the epochs, evaluates on the validation split every
+epoch (trainers/evaluation.py; a store without one gets a validation split carved from train,
+trainers/splits.py), checkpoints (trainers/checkpoint.py), and finally evaluates best.pt on
+the test split. The files of a run
 are named in trainers/rundir.py and described in docs/trainers.md.
 """
 
@@ -25,6 +27,7 @@ import torch
 
 from featstore import open_store
 from featstore.atomic import write_text
+from trainers import normalize, splits
 from trainers.cache_policy import choose_cache, feature_bytes
 from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from trainers.config import EXECUTION_KEYS, RunConfig, config_from_dict
@@ -34,6 +37,7 @@ from trainers.method import TrainState
 from trainers.methods import load_ref, method_spec
 from trainers.report import make_report
 from trainers.rundir import BEST, LAST, RunDir
+from trainers.schedule import clip_gradients, lr_factor, make_optimizer, set_lr
 from trainers.threads import apply_threads
 
 __all__ = ["evaluate", "load_run", "stage_plan", "train", "write_eval"]
@@ -67,16 +71,20 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
                                                                  cfg.eval_split], stages),
                          cfg.cache_gb)
 
-    def loader(split: str, shuffle: bool = False) -> Any:
-        return make_loader(store, views, split, cfg.batch_size, shuffle,
+    def loader(split: str, shuffle: bool = False, ids: list[str] | None = None) -> Any:
+        made = make_loader(store, views, split, cfg.batch_size, shuffle,
                            cfg.seed if shuffle else 0, stages, cache)
+        return made if ids is None else made.select(ids)
 
-    train_loader = loader("train", shuffle=True)
-    val_loader, test_loader = loader(cfg.val_split), loader(cfg.eval_split)
-    if len(val_loader) == 0:
-        log.warning("no %r videos: best.pt follows the training split", cfg.val_split)
-        val_loader = loader("train")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # validation never on training videos: the store's val split, or one carved from train
+    roles = splits.record(run.root, splits.plan_splits(store, cfg.val_split, cfg.val_fraction,
+                                                       cfg.seed))
+    train_loader = loader("train", shuffle=True, ids=roles.train)
+    val_loader, probe_loader = loader("train", ids=roles.val), loader("train", ids=roles.probe)
+    test_loader = loader(cfg.eval_split)
+    if cfg.normalize:  # statistics of the training videos, stored with the weights
+        normalize.attach(model, info, None if run.checkpoint(LAST).exists() else train_loader)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     plan = stage_plan(spec.stages(), cfg.epochs)
     state, start_epoch, best_map = TrainState(), 0, -math.inf
     last, best = run.checkpoint(LAST), run.checkpoint(BEST)
@@ -109,6 +117,11 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
                 loss, parts = model.loss(out, batch, state)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                parts["grad_norm"] = clip_gradients(model.parameters(), cfg.grad_clip)
+                parts["lr"] = cfg.lr * lr_factor(cfg.schedule, state.step, len(train_loader),
+                                                 cfg.epochs, cfg.warmup_epochs, cfg.milestones,
+                                                 cfg.lr_gamma)
+                set_lr(opt, parts["lr"])
                 opt.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -123,6 +136,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
                     log.info("epoch %d step %d loss %.4f", epoch, state.step, losses[-1])
                 t0 = time.perf_counter()
             val = evaluate(model, val_loader, info, state)
+            probe = evaluate(model, probe_loader, info, state)  # same measures on train videos
             improved = not val["mAP"] <= best_map  # NaN mAP (no positives) still checkpoints
             if improved:
                 best_map = val["mAP"] if not math.isnan(val["mAP"]) else best_map
@@ -131,6 +145,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
             rec = {"kind": "epoch", "epoch": epoch, "stage": state.stage,
                    "train_loss": float(np.mean(losses)), "val_mAP": val["mAP"],
                    "val_top1": val["top1"], "val_gflops_mean": val["gflops_mean"],
+                   "val_ce": val["ce"], "train_mAP": probe["mAP"], "train_ce": probe["ce"],
                    "val_gflops_std": val["gflops_std"], "val_fine_usage": val["fine_usage_mean"],
                    "epoch_time": time.perf_counter() - epoch_start}
             metrics.write(json.dumps(rec) + "\n")
@@ -146,7 +161,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     model.load_state_dict(ck["model"])
     if spec.after_training:
         # e.g. C2F measures its training error rates (eq. 5) on the final weights
-        load_ref(spec.after_training)(model, loader("train"))
+        load_ref(spec.after_training)(model, loader("train", ids=roles.train))
         save_checkpoint(best, {**ck, "model": model.state_dict()})
     result = evaluate(model, test_loader, info, state)
     write_eval(run.root, result)
@@ -197,6 +212,8 @@ def load_run(run: str | os.PathLike, which: str = BEST) -> tuple[RunConfig, torc
     store = open_store(cfg.store)
     info = store_info(store)
     model = method_spec(cfg.method).build(cfg.method_config, info).to(cfg.device)
+    if cfg.normalize:
+        normalize.attach(model, info)  # buffers filled from the checkpoint
     model.load_state_dict(weights)
     model.eval()
     return cfg, model, store, info

@@ -36,8 +36,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override one config key (repeatable)")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=int, help="videos per batch (default 32)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate (default: the method's, listed by "
+                   "`c2f train METHOD --help`)")
+    p.add_argument("--weight-decay", type=float,
+                   help="weight decay (default: the method's, listed by "
+                   "`c2f train METHOD --help`)")
     p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     p.add_argument("--cache", choices=("auto", "on", "off"),
@@ -188,15 +192,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
-    from trainers.synthetic import make_synthetic_store
+    from trainers.synthetic import REALISTIC, make_synthetic_store
 
     try:
-        path = make_synthetic_store(args.store, videos=args.videos, classes=args.classes,
-                                    frames=(args.min_frames, args.max_frames),
-                                    informative=args.informative, seed=args.seed)
+        options = dict(REALISTIC) if args.realistic else {}
+        given = {"classes": args.classes, "informative": args.informative,
+                 "video_style": args.video_style}
+        options |= {k: v for k, v in given.items() if v is not None}
+        if args.min_frames is not None or args.max_frames is not None:
+            lo, hi = options.get("frames", (16, 32))
+            options["frames"] = (args.min_frames or lo, args.max_frames or hi)
+        if args.no_val:
+            options["with_val"] = False
+        path = make_synthetic_store(args.store, videos=args.videos, seed=args.seed,
+                                    scale=args.scale, **options)
     except _user_errors() as err:
         return _fail(err, args)
-    print(f"wrote synthetic store {path} ({args.videos} videos, {args.classes} classes)")
+    print(f"wrote synthetic store {path} ({args.videos} videos, "
+          f"{options.get('classes', 8)} classes)")
     return 0
 
 
@@ -209,6 +222,9 @@ def method_help(name: str) -> str:
     lines = [f"{name}: {spec.summary}"]
     if spec.evaluations:
         lines.append("c2f eval options: " + ", ".join(e.flag for e in spec.evaluations))
+    if spec.run_defaults:
+        lines.append(f"{name} trains with (unless set): "
+                     + ", ".join(f"{k}={v}" for k, v in spec.run_defaults.items()))
     lines.append(f"{name} config keys (--set KEY=VALUE):")
     keys = config_keys(spec.config_type(), spec.presets)
     return "\n".join(lines) + "\n" + format_keys(keys) + "\n"
@@ -251,8 +267,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     methods = ", ".join(sorted(METHODS))
     p = _add_method_parser(
         sub, "train", help="train a method or baseline on a feature store",
-        description=_wrap("Train METHOD on STORE's train split with the shared loop: Adam, val mAP "
-        "every epoch, RUN/checkpoints/{last,best}.pt, RUN/metrics.jsonl, then test evaluation "
+        description=_wrap("Train METHOD on STORE's train split with the shared loop: the "
+        "method's optimizer, warm-up + cosine learning rate, gradient clipping, features "
+        "standardised on the training videos, val mAP every epoch (a store without a val "
+        "split gets one carved from train, see RUN/splits.json), "
+        "RUN/checkpoints/{last,best}.pt, RUN/metrics.jsonl, then test evaluation "
         "of best.pt into RUN/eval.json and RUN/predictions.jsonl. Re-running the same "
         "command resumes an interrupted run and does nothing for a finished one."))
     p.add_argument("method", nargs="?", metavar="METHOD",
@@ -317,10 +336,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "those of the named backbones.")
     p.add_argument("store", metavar="STORE", help="store directory to create")
     p.add_argument("--videos", type=int, default=96, help="number of videos (default 96)")
-    p.add_argument("--classes", type=int, default=8, help="even number of classes (default 8)")
-    p.add_argument("--min-frames", type=int, default=16, help="shortest video (default 16)")
-    p.add_argument("--max-frames", type=int, default=32, help="longest video (default 32)")
-    p.add_argument("--informative", type=float, default=0.3,
+    p.add_argument("--classes", type=int, default=None, help="even number of classes (default 8)")
+    p.add_argument("--min-frames", type=int, default=None, help="shortest video (default 16)")
+    p.add_argument("--max-frames", type=int, default=None, help="longest video (default 32)")
+    p.add_argument("--informative", type=float, default=None,
                    help="fraction of each video carrying class evidence (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--realistic", action="store_true",
+                   help="look like a real untrimmed dataset: 24 classes, 40-80 frames, 10%% "
+                   "class segments, a per-video look, no val split (explicit flags still win)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every feature, e.g. 0.1 or 10 (default 1)")
+    p.add_argument("--video-style", type=float, default=None,
+                   help="amplitude of a constant per-video look added to every frame (default 0)")
+    p.add_argument("--no-val", action="store_true",
+                   help="train and test splits only (the val share goes to train)")
     p.set_defaults(handler=cmd_synthetic)

@@ -22,6 +22,7 @@ from trainers.cost import module_gmacs
 from trainers.data import StoreInfo, ViewInfo, store_info
 from trainers.gumbel import annealed_tau, gumbel_softmax_st
 from trainers.method import Batch, TrainState
+from trainers.methods import ARNET_RUN
 from trainers.synthetic import VIEWS, load_truth, make_synthetic_store
 from trainers.train import train
 
@@ -245,7 +246,7 @@ def test_learned_policy_beats_random_policy_at_equal_or_lower_gflops(tmp_path) -
 
     def run(name: str, cfg: arnet.Config) -> dict:
         rc = RunConfig(method="arnet", store=str(store), out=str(tmp_path / name), epochs=12,
-                       batch_size=32, lr=3e-3, seed=0, method_config=cfg)
+                       batch_size=32, lr=ARNET_RUN["lr"], seed=0, method_config=cfg)
         return json.loads((train(rc) / "eval.json").read_text())
 
     learned = run("arnet", arnet.Config(hidden=32))

@@ -34,6 +34,14 @@ bench: install
 	$(BENCH)/bench_featstore.py --videos 100 --frames 20
 	$(BENCH)/bench_train.py --videos 8 --frames 10 --classes 8 --epochs 1 --batch-size 4 \
 		--coarse-hidden 32 --fine-hidden 64 --threads 1
+	$(BENCH)/bench_shard_io.py --shards 2 --videos 8 --frames 10 --repeats 2
+	$(BENCH)/bench_scale.py --videos 2000
+	$(BENCH)/bench_loader.py --videos 100 --frames 40 --repeats 1 --train-videos 16 \
+		--liteeval-hidden 64/128
+	$(BENCH)/bench_cluster.py --videos 4 --repeats 1
+	$(BENCH)/bench_finetune.py --size 64 --frames 4 --batch 2 --steps 2 --workers 1
+# bench_official_liteeval.py needs the official LiteEval code checked out outside the repo
+# (benchmarks/README.md says how), and gpu_check.sh a GPU machine: neither runs here.
 
 lint: install
 	$(BIN)/ruff check .

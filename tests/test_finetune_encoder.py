@@ -138,13 +138,13 @@ def test_mfnet3d_uniform_end_to_end_takes_whole_clips():
     from backbones.flops import view_cost
     from trainers.encoder import EndToEnd, parse_clip_view
     from trainers.method import TrainState
-    from trainers.methods import method_module
+    from trainers.methods import method_spec
 
     encoder = ClipEncoder([parse_clip_view("clip=mfnet3d@32")])
     info = encoder.store_info(["a", "b"], frames=8)
     assert info.views["clip"].gmacs_per_frame == pytest.approx(view_cost("mfnet3d", 32, 8).gmacs)
-    module = method_module("uniform")
-    model = EndToEnd(encoder, module.build(module.Config(view="clip"), info)).train()
+    spec = method_spec("uniform")
+    model = EndToEnd(encoder, spec.build(spec.config_type()(**spec.presets, view="clip"), info)).train()
     out, batch = model(torch.randn(2, 8, 3, 32, 32), torch.eye(2), ["x", "y"], TrainState())
     assert batch.features["clip"].shape == (2, 1, encoder.backbones["clip"].feature_dim)
     assert out.gflops == pytest.approx(torch.full((2,), info.views["clip"].gmacs_per_frame),

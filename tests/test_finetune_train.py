@@ -23,13 +23,14 @@ from pipeline.manifest import read_manifest
 from pipeline.shards import finalize, plan_shards, write_shard
 from pipeline.synth import SynthConfig, make_synthetic_dataset
 from pipeline.types import FrameFormat, SamplingPlan
+from trainers.checkpoint import load_checkpoint
 from trainers.clips import ClipLoader, ClipSpec, shard_urls
 from trainers.encoder import ClipEncoder, EndToEnd
 from trainers.finetune import build_model, finetune
 from trainers.finetune_config import resolve_finetune_config
 from trainers.finetune_optim import lr_factor, param_groups
 from trainers.method import TrainState
-from trainers.methods import method_module
+from trainers.methods import method_spec
 
 STORED_FRAMES = 8
 # 12 videos of 4 classes; splits reassigned below: 2 train + 1 test video per class
@@ -59,9 +60,9 @@ def small_shards(tmp_path_factory) -> Path:
 def test_gradients_reach_trained_backbones_and_not_frozen_ones():
     views = [parse_view("coarse=resnet18@32"), parse_view("fine=resnet18@32")]
     encoder = ClipEncoder(views, frozen=["coarse"])
-    module = method_module("uniform-cf")
-    cfg = module.Config(kind="uniform", concat_view="coarse", view="fine")
-    method = module.build(cfg, encoder.store_info(["a", "b", "c"]))
+    spec = method_spec("uniform-cf")
+    cfg = spec.config_type()(kind="uniform", concat_view="coarse", view="fine")
+    method = spec.build(cfg, encoder.store_info(["a", "b", "c"]))
     model = EndToEnd(encoder, method).train()
     coarse_bn = encoder.backbones["coarse"].bn1.running_mean.clone()
     clips = torch.randn(2, 3, 3, 32, 32)
@@ -130,7 +131,7 @@ def test_export_loads_into_extract_and_reproduces_the_finetuned_features(
         "uniform", shards=small_shards, out=overfit_run,
         views=["fine=resnet18@32"])
     model = build_model(cfg).model
-    best = torch.load(overfit_run / "checkpoints" / "best.pt", weights_only=False)
+    best = load_checkpoint(overfit_run / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
     model.eval()
     loader = ClipLoader(shard_urls(small_shards), ClipSpec(STORED_FRAMES, (32,), False),
@@ -261,7 +262,7 @@ def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_sha
                   "precise_bn_batches=1", "warmup_epochs=0"])
 
     def snapshot(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+        state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
         policy = torch.cat([v.flatten() for k, v in state.items() if k.startswith(
             ("method.lstm.", "method.gate."))])
         return policy, state["encoder.backbones.r32.conv1.weight"].clone()
@@ -294,7 +295,7 @@ def test_c2f_end_to_end_trains_both_pathways_and_measures_its_exit_errors(small_
         steps_per_epoch=1, optimizer="adamw", lr=1e-3,
         sets=["tsm=fine", "head_hidden=0", "val_split=train", "precise_bn_batches=1"])
     run = finetune(cfg)
-    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
     assert torch.isfinite(best["method.train_errors"]).all()  # eq. 5's rates, measured
     first = torch.load(run / "export" / "coarse.pth", weights_only=True)
     assert set(first) == set(build_model(cfg).model.encoder.backbones["coarse"].state_dict())

@@ -78,6 +78,13 @@ class ClipBatch:
     targets: torch.Tensor
     video_ids: list[str]
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
+        """The same clips on `device`, as `Batch.to` (so `trainers.evaluation.evaluating`
+        walks a clip loader like a feature loader)."""
+        return ClipBatch({s: x.to(device, non_blocking=non_blocking)
+                          for s, x in self.clips.items()},
+                         self.targets.to(device, non_blocking=non_blocking), self.video_ids)
+
 
 def shard_urls(shards: str | Path) -> list[str]:
     """The `shard-*.tar` files of a shard folder, in name order."""

@@ -19,16 +19,17 @@ from backbones.weights import file_sha256, provenance_path
 from featstore.atomic import atomic_path, write_text
 from pipeline.extract import RANDOM_INIT
 from trainers.encoder import ClipEncoder
+from trainers.rundir import RunDir
 
 
 def export_backbones(encoder: ClipEncoder, run: str | Path) -> dict[str, Path]:
     """Write RUN/export/VIEW.pth (+ VIEW.json) for every view; returns {view: path}."""
-    run = Path(run).resolve()
-    config = run / "config.json"
+    files = RunDir(Path(run).resolve())
+    config = files.config
     paths = {}
     for name, backbone in encoder.backbones.items():
         view = encoder.views[name]
-        path = run / "export" / f"{name}.pth"
+        path = files.export(name)
         state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -37,7 +38,7 @@ def export_backbones(encoder: ClipEncoder, run: str | Path) -> dict[str, Path]:
             "backbone": view.backbone,
             "input_size": view.input_size,
             "sha256": file_sha256(path),
-            "run": str(run),
+            "run": str(files.root),
             "run_config_sha256": file_sha256(config) if config.exists() else None,
             "initial_weights": view.weights or RANDOM_INIT,
             "frozen": name in encoder.frozen,

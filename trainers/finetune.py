@@ -4,8 +4,10 @@
 Ray Train (`cfg.workers > 1` or an `address`, trainers/finetune_ray.py). The loop reads top
 to bottom: data (trainers/clips.py), model (`EndToEnd`: trainers/encoder.py + the method's
 own module), per-part optimiser and schedule (trainers/finetune_optim.py), epochs, the shared
-evaluation (`trainers.train.evaluate`, fed batches the encoder computed), checkpoints, the
-test evaluation and the export of every trained backbone (trainers/export.py). Run directory:
+evaluation (`trainers.evaluation.evaluate`, fed batches the encoder computed), checkpoints
+(trainers/checkpoint.py: read with weights_only=True), the test evaluation and the export of
+every trained backbone (trainers/export.py). What the loop needs about a method comes from its
+`MethodSpec` (trainers/methods.py); file names from trainers/rundir.py. Run directory:
 
     RUN/config.json            resolved FinetuneConfig (a re-run must match it)
     RUN/checkpoints/last.pt    model + optimiser + schedule + RNG + progress, every epoch
@@ -33,14 +35,17 @@ import torch
 
 from backbones import CLIP_BACKBONES
 from backbones.tsm import add_temporal_shift
-from featstore.atomic import atomic_path, write_text
+from featstore.atomic import write_text
+from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
 from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
+from trainers.evaluation import evaluate, evaluating, summary
 from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
 from trainers.method import Batch, TrainState
-from trainers.methods import method_module
-from trainers.train import evaluate, stage_plan, write_eval
+from trainers.methods import load_ref, method_spec
+from trainers.rundir import BEST, LAST, RunDir
+from trainers.train import stage_plan, write_eval
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,13 @@ def finetune(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None) -> Pa
     if cfg.workers > 1 or cfg.address:
         from trainers.finetune_ray import finetune_with_ray
 
-        return finetune_with_ray(cfg, stop_after_epochs=stop_after_epochs)
+        files = RunDir(cfg.out)
+        if prepare_run_dir(files.root, cfg.to_dict()):
+            log.info("run %s already finished (%s exists): nothing to do", files.root,
+                     files.eval.name)
+            return files.root
+        # the loop is handed over (not imported there), so finetune_ray needs nothing of here
+        return finetune_with_ray(cfg, train_worker, stop_after_epochs=stop_after_epochs)
     return train_worker(cfg, stop_after_epochs=stop_after_epochs)
 
 
@@ -65,15 +76,16 @@ def _rank_world() -> tuple[int, int]:
 
 def prepare_run_dir(run: Path, resolved: dict) -> bool:
     """Create RUN or check it holds the same config; True when that run already finished."""
-    path = run / "config.json"
+    files = RunDir(run)
+    path = files.config
     if path.exists():
         old = json.loads(path.read_text())
         diff = sorted(k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k))
         if diff:
             raise ValueError(f"{run} holds a run with a different config ({', '.join(diff)} "
                              "differ): choose another --out or delete it")
-        return (run / "eval.json").exists()
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return files.finished()
+    files.checkpoints.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(resolved, indent=2) + "\n")
     return False
 
@@ -82,11 +94,11 @@ class EncodedLoader:
     """A re-iterable of method Batches over a clip loader (for a method's `after_training`
     hook, which may iterate its loader more than once)."""
 
-    def __init__(self, model: EndToEnd, loader: ClipLoader, device: torch.device) -> None:
-        self.model, self.loader, self.device = model, loader, device
+    def __init__(self, model: EndToEnd, loader: ClipLoader) -> None:
+        self.model, self.loader = model, loader
 
     def __iter__(self) -> Iterator[Batch]:
-        return encoded_batches(self.model, self.loader, self.device)
+        return encoded_batches(self.model, self.loader)
 
 
 @dataclasses.dataclass
@@ -117,7 +129,7 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
         add_temporal_shift(encoder.backbones[name], cfg.frames)
     info = encoder.store_info(classes, cfg.frames)
     cfg.method_config.validate(info)
-    method = method_module(cfg.method).build(cfg.method_config, info)
+    method = method_spec(cfg.method).build(cfg.method_config, info)
     encoder.with_stages = bool(method.needs_stages)
     model = EndToEnd(encoder, method)
     used = [encoder.views[v] for v in method.required_views]
@@ -126,26 +138,18 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
                     any(v.backbone in CLIP_BACKBONES for v in used))
 
 
-def encoded_batches(model: EndToEnd, loader: ClipLoader,
-                    device: torch.device) -> Iterator[Batch]:
-    """The loader's clips turned into method Batches by the encoder in eval mode, so the
-    shared `evaluate` measures an end-to-end model exactly as a cached one."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for clip in loader:
-                clips = {s: x.to(device) for s, x in clip.clips.items()}
-                yield model.encode(clips, clip.targets.to(device), clip.video_ids)
-    finally:
-        model.train(was)
+def encoded_batches(model: EndToEnd, loader: ClipLoader) -> Iterator[Batch]:
+    """The loader's clips turned into method Batches by the encoder, walked with the shared
+    `trainers.evaluation.evaluating` (eval mode, no grad, on the model's device), so the shared
+    `evaluate` measures an end-to-end model exactly as a cached one."""
+    with evaluating(model, loader) as clips:
+        for clip in clips:
+            yield model.encode(clip.clips, clip.targets, clip.video_ids)
 
 
-def evaluate_e2e(model: EndToEnd, loader: ClipLoader, info, state: TrainState,
-                 device: torch.device) -> dict:
-    """`trainers.train.evaluate` of the method on the encoder's batches (encoder in eval)."""
-    model.encoder.eval()
-    return evaluate(model.method, encoded_batches(model, loader, device), info, state)
+def evaluate_e2e(model: EndToEnd, loader: ClipLoader, info, state: TrainState) -> dict:
+    """`trainers.evaluation.evaluate` of the method on the encoder's batches."""
+    return evaluate(model.method, encoded_batches(model, loader), info, state)
 
 
 def precise_bn(model: EndToEnd, loader: ClipLoader, batches: int, device: torch.device) -> None:
@@ -167,8 +171,8 @@ def precise_bn(model: EndToEnd, loader: ClipLoader, batches: int, device: torch.
         for i, clip in enumerate(loader):
             if i == batches:
                 break
-            clips = {s: x.to(device) for s, x in clip.clips.items()}
-            model.encode(clips, clip.targets.to(device), clip.video_ids)
+            clip = clip.to(device)
+            model.encode(clip.clips, clip.targets, clip.video_ids)
     for m, momentum in zip(bns, momenta):
         m.momentum = momentum
     model.train(was)
@@ -183,19 +187,15 @@ def _global_mean(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
-def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
                  on_epoch: EpochHook | None = None, resume_from: Path | None = None) -> Path:
     """The loop every rank runs (one rank without Ray). Rank 0 evaluates, checkpoints and
     writes RUN; every rank draws the same number of steps (trainers/clips.py)."""
-    run, resolved = Path(cfg.out), cfg.to_dict()
+    files, resolved = RunDir(cfg.out), cfg.to_dict()
+    run = files.root
     rank, world = _rank_world()
     if rank == 0 and prepare_run_dir(run, resolved):
-        log.info("run %s already finished (eval.json exists): nothing to do", run)
+        log.info("run %s already finished (%s exists): nothing to do", run, files.eval.name)
         return run
     device = torch.device(cfg.device)
     setup = build_model(cfg)
@@ -217,21 +217,22 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
         s, steps, cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.milestones))
     state, start_epoch, best_map = TrainState(), 0, -math.inf
-    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    spec = method_spec(cfg.method)
+    last, best = files.checkpoint(LAST), files.checkpoint(BEST)
     resume = resume_from if resume_from is not None else last
     records: list[dict] = []
     if resume.exists():
-        ck = torch.load(resume, map_location=device, weights_only=False)
+        ck = load_checkpoint(resume, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, state.step, best_map = ck["epoch"], ck["step"], ck["best_map"]
-        torch.set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         records = [r for r in ck["records"] if r["epoch"] < start_epoch]
         records.append({"kind": "resume", "epoch": start_epoch, "step": state.step,
                         "from": str(resume)})
         log.info("resuming %s at epoch %d (step %d)", run, start_epoch, state.step)
-    plan = stage_plan(getattr(method_module(cfg.method), "SCHEDULE", None), cfg.epochs)
+    plan = stage_plan(spec.stages(), cfg.epochs)
     train_model = model
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
@@ -241,7 +242,7 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             # a staged method (AR-Net A-1 -> A-2 -> A-3) freezes/unfreezes parts per stage;
             # DDP is rebuilt so it synchronises exactly the parameters that now learn
             state.stage = plan[epoch]
-            if hasattr(model.method, "configure_stage"):
+            if spec.schedule:
                 model.method.configure_stage(state.stage)
             if world > 1:
                 train_model = torch.nn.parallel.DistributedDataParallel(
@@ -254,10 +255,9 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
         seen: set[str] = set()
         for clip in train_loader:
             seen.update(clip.video_ids)
-            clips = {s: x.to(device, non_blocking=True) for s, x in clip.clips.items()}
-            targets = clip.targets.to(device)
+            clip = clip.to(device, non_blocking=True)
             t1 = time.perf_counter()
-            out, batch = train_model(clips, targets, clip.video_ids, state)
+            out, batch = train_model(clip.clips, clip.targets, clip.video_ids, state)
             loss, parts = model.method.loss(out, batch, state)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -283,28 +283,30 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
                "train_loss": float(np.mean(losses)), "epoch_time": time.perf_counter()
                - epoch_start}
         # which videos each rank trained on: equal step counts, disjoint shards
-        write_text(run / "ranks" / f"rank-{rank}-epoch-{epoch}.json",
+        write_text(files.rank_record(rank, epoch),
                    json.dumps({"rank": rank, "world": world, "epoch": epoch, "pid": os.getpid(),
                                "steps": len(losses), "videos": sorted(seen)}) + "\n")
         checkpoint = None
         if rank == 0:
             precise_bn(model, bn_loader, cfg.precise_bn_batches, device)
-            val = evaluate_e2e(model, val_loader, info, state, device)
+            val = evaluate_e2e(model, val_loader, info, state)
             improved = not val["mAP"] <= best_map
             if improved:
                 best_map = val["mAP"] if not math.isnan(val["mAP"]) else best_map
-                _save(best, {"model": model.state_dict(), "epoch": epoch + 1})
+                save_checkpoint(best, {"model": model.state_dict(), "epoch": epoch + 1,
+                                       "val": plain(summary(val))})
             rec.update(val_mAP=val["mAP"], val_top1=val["top1"],
                        val_gflops_mean=val["gflops_mean"])
             log.info("epoch %d/%d loss %.4f val mAP %.4f top1 %.4f GFLOPs/video %.2f%s",
                      epoch + 1, cfg.epochs, rec["train_loss"], val["mAP"], val["top1"],
                      val["gflops_mean"], " *" if improved else "")
             records.append(rec)
-            _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                         "step": state.step, "best_map": best_map, "records": records,
-                         "rng": torch.get_rng_state(), "config": resolved})
-            write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                                   "step": state.step, "best_map": float(best_map),
+                                   "records": plain(records), "rng": rng_state(device),
+                                   "config": resolved})
+            write_text(files.metrics, "".join(json.dumps(r) + "\n" for r in records))
             checkpoint = last
         else:
             records.append(rec)
@@ -321,22 +323,23 @@ def finish_run(cfg: FinetuneConfig, model: EndToEnd, info, classes: list[str],
     """Best weights -> test evaluation (eval.json) -> RUN/export/VIEW.pth for every view."""
     from trainers.export import export_backbones
 
-    run = Path(cfg.out)
-    ck = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=False)
+    files = RunDir(cfg.out)
+    best = files.checkpoint(BEST)
+    ck = load_checkpoint(best, map_location=device)
     model.load_state_dict(ck["model"])
     urls = shard_urls(cfg.shards)
-    module = method_module(cfg.method)
-    if hasattr(module, "after_training"):
+    spec = method_spec(cfg.method)
+    if spec.after_training:
         # e.g. C2F measures its training error rates (eq. 5) on the final weights
         train = ClipLoader(urls, eval_spec, classes, "train", cfg.batch_size)
-        module.after_training(model.method, EncodedLoader(model, train, device))
-        _save(run / "checkpoints" / "best.pt", {**ck, "model": model.state_dict()})
-    export_backbones(model.encoder, run)
+        load_ref(spec.after_training)(model.method, EncodedLoader(model, train))
+        save_checkpoint(best, {**ck, "model": model.state_dict()})
+    export_backbones(model.encoder, files.root)
     loader = ClipLoader(urls, eval_spec, classes, cfg.eval_split, cfg.batch_size)
     if len(loader) == 0:
         raise ValueError(f"shards {cfg.shards} hold no {cfg.eval_split!r} videos")
     state.training = False
-    result = evaluate_e2e(model, loader, info, state, device)
-    write_eval(run, result, {"end_to_end": True, "best_epoch": ck["epoch"]})
+    result = evaluate_e2e(model, loader, info, state)
+    write_eval(files.root, result, {"end_to_end": True, "best_epoch": ck["epoch"]})
     log.info("test (%s): mAP %.4f top1 %.4f GFLOPs/video %.2f", cfg.eval_split,
              result["mAP"], result["top1"], result["gflops_mean"])

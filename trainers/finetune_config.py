@@ -1,7 +1,7 @@
 """The typed configuration of an end-to-end run (`c2f finetune`).
 
 Sources, later ones win, exactly as for `c2f train` (trainers/config.py, whose parsing this
-reuses): dataclass defaults with the method name's PRESETS -> a JSON/TOML file -> flags ->
+reuses): dataclass defaults with the method name's presets (its MethodSpec) -> a JSON/TOML file -> flags ->
 `--set KEY=VALUE` (a FinetuneConfig key, or a key of the method's Config, bare or dotted as
 `method_config.KEY`). The resolved config is written to RUN/config.json and a re-run must
 match it.
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from trainers.config import convert, parse_sets, read_config_file
 from trainers.encoder import parse_clip_view
-from trainers.methods import PRESETS, method_module
+from trainers.methods import method_spec
 
 #: methods that run end to end (LiteEval stays on cached features: docs/finetune.md)
 E2E_METHODS = ("uniform", "lstm", "uniform-cf", "lstm-cf", "arnet", "random-policy", "c2f",
@@ -141,8 +141,7 @@ def resolve_finetune_config(
     data = read_config_file(file) if file else {}
     method = method or data.pop("method", None) or "uniform"
     data.pop("method", None)
-    cfg = FinetuneConfig(method=method,
-                         method_config=method_module(method).Config(**PRESETS.get(method, {})))
+    cfg = FinetuneConfig(method=method, method_config=method_spec(method).default_config())
     for key, value in (data.pop("method_config", None) or {}).items():
         _set(cfg.method_config, key, value, "method_config.", False)
     for key, value in data.items():
@@ -175,7 +174,7 @@ def finetune_config_from_dict(d: dict[str, Any]) -> FinetuneConfig:
     """A FinetuneConfig read back from RUN/config.json (same type checks)."""
     d = dict(d)
     cfg = FinetuneConfig(method=d.pop("method"), method_config=None)
-    cfg.method_config = method_module(cfg.method).Config()
+    cfg.method_config = method_spec(cfg.method).default_config()
     for key, value in (d.pop("method_config", None) or {}).items():
         _set(cfg.method_config, key, value, "method_config.", False)
     for key, value in d.items():

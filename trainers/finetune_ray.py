@@ -1,5 +1,8 @@
 """Many workers: the same per-worker loop (`trainers.finetune.train_worker`) under Ray Train.
 
+The loop is passed in by `trainers.finetune.finetune` (which also prepared RUN), so this
+module does not import trainers.finetune and the two cannot form an import cycle.
+
 `ray.train.torch.TorchTrainer` starts `workers` processes, sets up torch.distributed (gloo on
 CPU, NCCL with GPUs) and the loop wraps the model in DDP. Each epoch every rank calls
 `ray.train.report` (a barrier); rank 0 attaches the checkpoint it just wrote, so Ray keeps
@@ -14,18 +17,27 @@ refused before anything starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from trainers.finetune import prepare_run_dir, train_worker
 from trainers.finetune_config import FinetuneConfig, finetune_config_from_dict
+from trainers.rundir import CHECKPOINT_SUFFIX, LAST, RAY
+
+#: the file name of last.pt inside a Ray Train checkpoint directory
+RAY_CHECKPOINT = LAST + CHECKPOINT_SUFFIX
 
 log = logging.getLogger(__name__)
 
 
-def _worker(config: dict) -> None:
+#: `trainers.finetune.train_worker`'s signature
+WorkerLoop = Callable[..., Path]
+
+
+def _worker(config: dict, loop: WorkerLoop) -> None:
     """Ray Train's per-worker function: rebuild the config, resume from Ray's checkpoint."""
     import ray.train
     import ray.train.torch
@@ -38,7 +50,7 @@ def _worker(config: dict) -> None:
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        local = Path(checkpoint.to_directory()) / "last.pt"
+        local = Path(checkpoint.to_directory()) / RAY_CHECKPOINT
         resume = local if local.exists() else None
 
     def report(epoch: int, record: dict, last: Path | None) -> None:
@@ -47,11 +59,11 @@ def _worker(config: dict) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(last, Path(tmp) / "last.pt")
+            shutil.copyfile(last, Path(tmp) / RAY_CHECKPOINT)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    train_worker(cfg, stop_after_epochs=config.get("stop_after_epochs"), on_epoch=report,
-                 resume_from=resume)
+    loop(cfg, stop_after_epochs=config.get("stop_after_epochs"), on_epoch=report,
+         resume_from=resume)
 
 
 def _nodes_alive() -> int:
@@ -60,17 +72,16 @@ def _nodes_alive() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-def finetune_with_ray(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
-                      threads_per_worker: int = 1) -> Path:
-    """Run `cfg` on `cfg.workers` Ray Train workers; returns RUN (resumes a re-run)."""
+def finetune_with_ray(cfg: FinetuneConfig, loop: WorkerLoop, *,
+                      stop_after_epochs: int | None = None, threads_per_worker: int = 1) -> Path:
+    """Run `loop` for `cfg` on `cfg.workers` Ray Train workers; returns RUN (resumes a re-run).
+
+    RUN must already hold cfg's config.json (`trainers.finetune.prepare_run_dir`)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run = Path(cfg.out)
-    if prepare_run_dir(run, cfg.to_dict()):
-        log.info("run %s already finished (eval.json exists): nothing to do", run)
-        return run
     if not ray.is_initialized():
         ray.init(address=cfg.address or "local", include_dashboard=False,
                  log_to_driver=False)
@@ -83,14 +94,14 @@ def finetune_with_ray(cfg: FinetuneConfig, *, stop_after_epochs: int | None = No
     if use_gpu:
         resources["GPU"] = cfg.gpus_per_worker
     trainer = TorchTrainer(
-        _worker,
+        functools.partial(_worker, loop=loop),
         train_loop_config={"cfg": cfg.to_dict(), "stop_after_epochs": stop_after_epochs,
                            "threads": threads_per_worker},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name="ray", storage_path=cfg.storage or str(run),
+            name=RAY, storage_path=cfg.storage or str(run),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )

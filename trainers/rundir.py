@@ -14,6 +14,10 @@ that read it cannot drift apart. docs/trainers.md describes what each file holds
     RUN/online.json            `c2f eval --online-budget` rows
     RUN/budget.json            `c2f eval --budget` stream
     RUN/report/                figures and summary.md (trainers/report.py)
+    RUN/ranks/rank-R-epoch-E.json   `c2f finetune`: steps and videos of rank R in epoch E
+    RUN/export/VIEW.pth (+ .json)   `c2f finetune`: fine-tuned backbone in torchvision layout
+                               and its provenance sidecar (trainers/export.py)
+    RUN/ray/                   `c2f finetune` on Ray Train: Ray's own checkpoint storage
     SWEEP/KEY=VALUE/           one run per value; SWEEP/sweep.csv, SWEEP/curve.png
 """
 
@@ -37,6 +41,10 @@ EVALS = "evals"
 ONLINE = "online.json"
 BUDGET = "budget.json"
 REPORT = "report"
+RANKS = "ranks"
+EXPORT = "export"
+EXPORT_SUFFIX = ".pth"
+RAY = "ray"
 
 # Files of RUN/report/.
 ACCURACY_FIGURE = "accuracy_vs_gflops.png"
@@ -102,6 +110,18 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / REPORT
+
+    def rank_record(self, rank: int, epoch: int) -> Path:
+        """RUN/ranks/rank-R-epoch-E.json: what rank R trained on in epoch E (`c2f finetune`)."""
+        return self.root / RANKS / f"rank-{rank}-epoch-{epoch}.json"
+
+    def export(self, view: str) -> Path:
+        """RUN/export/VIEW.pth: a fine-tuned backbone in torchvision layout."""
+        return self.root / EXPORT / f"{view}{EXPORT_SUFFIX}"
+
+    @property
+    def ray(self) -> Path:
+        return self.root / RAY
 
     def finished(self) -> bool:
         """A run is finished once its eval.json exists (written last, atomically)."""

@@ -34,6 +34,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from trainers.finetune import finetune
     from trainers.finetune_config import resolve_finetune_config
+    from trainers.rundir import RunDir
 
     try:
         cfg = resolve_finetune_config(
@@ -47,14 +48,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if (run / "eval.json").exists():
-        s = json.loads((run / "eval.json").read_text())
+    files = RunDir(run)
+    if files.finished():
+        s = json.loads(files.eval.read_text())
         print(f"run {run} ({cfg.eval_split}): mAP {100 * s['mAP']:.2f}%  top-1 "
               f"{100 * s['top1']:.2f}%  GFLOPs/video {s['gflops_mean']:.2f}  "
               f"[{s['videos']} videos]")
         for view in cfg.views:
             name = view.split("=", 1)[0]
-            print(f"exported {run / 'export' / f'{name}.pth'}")
+            print(f"exported {files.export(name)}")
     else:
         print(f"run {run} stopped before the end; re-run the same command to resume")
     return 0

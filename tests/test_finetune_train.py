@@ -149,7 +149,7 @@ def _ray_cfg(shards: Path, out: Path, workers: int):
     return resolve_finetune_config(
         "uniform", shards=shards, out=out, views=["fine=resnet18@32"], frames=2, batch_size=4,
         epochs=2, steps_per_epoch=3, workers=workers, optimizer="adamw", lr=1e-3,
-        freeze=["fine"], sets=["val_split=train", "eval_split=test", "precise_bn_batches=0",
+        freeze=["fine"], sets=["val_split=test", "eval_split=test", "precise_bn_batches=0",
                                "warmup_epochs=0", "head_lr_mult=1"])
 
 
@@ -207,7 +207,7 @@ def test_end_to_end_uniform_beats_uniform_on_frozen_random_init_features(detail_
     for name, freeze in (("end-to-end", []), ("frozen", ["fine"])):
         cfg = resolve_finetune_config(
             "uniform", shards=detail_shards, out=tmp_path / name, views=["fine=resnet18@48"],
-            frames=4, batch_size=8, epochs=6, steps_per_epoch=4, freeze=freeze,
+            frames=4, batch_size=8, epochs=4, steps_per_epoch=4, freeze=freeze,
             optimizer="adamw", lr=1e-3,
             sets=["head_lr_mult=1", "backbone_lr_mult=1", "warmup_epochs=0.5",
                   "val_split=train", "precise_bn_batches=2"])
@@ -224,7 +224,7 @@ def test_end_to_end_uniform_beats_uniform_on_frozen_random_init_features(detail_
 def test_killed_ray_train_worker_resumes_from_the_last_checkpoint(ray_local, small_shards,
                                                                   tmp_path):
     cfg = _ray_cfg(small_shards, tmp_path / "run", 2)
-    cfg.epochs = 3
+    cfg.epochs, cfg.steps_per_epoch = 3, 1  # what is checked is the restart, not the steps
     # rank 1 ends epoch 1 only after the epoch-0 checkpoint was reported (a barrier)
     rank1 = tmp_path / "run" / "ranks" / "rank-1-epoch-1.json"
     killed: list[int] = []
@@ -258,7 +258,7 @@ def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_sha
             "arnet", shards=small_shards, out=tmp_path / "arnet",
             views=["r32=resnet18@32", "r16=resnet18@16"], frames=4, batch_size=4, epochs=6,
             steps_per_epoch=1, optimizer="adamw", lr=1e-3,
-            sets=["method_config.views=r32,r16", "skips=1", "hidden=16", "val_split=train",
+            sets=["method_config.views=r32,r16", "skips=1", "hidden=16", "val_split=test",
                   "precise_bn_batches=1", "warmup_epochs=0"])
 
     def snapshot(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,7 +293,7 @@ def test_c2f_end_to_end_trains_both_pathways_and_measures_its_exit_errors(small_
         "c2f", shards=small_shards, out=tmp_path / "c2f",
         views=["coarse=resnet18@16", "fine=resnet18@32"], frames=4, batch_size=4, epochs=2,
         steps_per_epoch=1, optimizer="adamw", lr=1e-3,
-        sets=["tsm=fine", "head_hidden=0", "val_split=train", "precise_bn_batches=1"])
+        sets=["tsm=fine", "head_hidden=0", "val_split=test", "precise_bn_batches=1"])
     run = finetune(cfg)
     best = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
     assert torch.isfinite(best["method.train_errors"]).all()  # eq. 5's rates, measured
@@ -308,7 +308,7 @@ def test_sofnet_end_to_end_reads_live_stage_outputs(small_shards, tmp_path):
     cfg = resolve_finetune_config(
         "sofnet", shards=small_shards, out=tmp_path / "sofnet", views=["fine=resnet18@32"],
         frames=4, batch_size=4, epochs=5, steps_per_epoch=1, optimizer="adamw", lr=1e-3,
-        sets=["hidden=16", "embed=16", "mlp_hidden=16", "val_split=train",
+        sets=["hidden=16", "embed=16", "mlp_hidden=16", "val_split=test",
               "precise_bn_batches=1"])
     run = finetune(cfg)
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

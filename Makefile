@@ -16,8 +16,10 @@ install: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[test]"
 
+# Two test processes (pytest-xdist), one per core of the project's 2-core machines; files stay
+# whole on one process so their fixtures (Ray clusters, stores) are built once.
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 demo: install
 	$(BIN)/c2f demo --out $(DEMO_DIR)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from featstore.atomic import atomic_path
 from trainers import rundir
@@ -50,8 +51,10 @@ def plot_training_curves(run: Path, path: Path) -> Path | None:
         best_epoch = max(recs, key=lambda r: r["val_mAP"])["epoch"] + 1
         map_ax.plot([best_epoch], [100 * test], "k*", ms=12, label=f"test (best.pt) {100 * test:.1f}")
     loss_ax.set_xlabel("epoch")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_ylabel("loss")
     map_ax.set_xlabel("epoch")
+    map_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     map_ax.set_ylabel("mAP (%)")
     for ax in (loss_ax, map_ax):
         ax.grid(alpha=0.3)

@@ -15,8 +15,9 @@ shows what a cached pass reads), interleaved, `--repeats` times:
   shuffle in blocks of 4 videos of one part), iterated to the end with nothing to compute;
 * loader, no prefetch; loader, no prefetch and a plain shuffle (block 1): what each adds.
 
-Throughput is feature MB/s (float16 bytes read); medians. The loader's batches are float32,
-zero-padded to the longest video of the batch: it writes ~3x the bytes it reads. Then LiteEval is trained through
+Throughput is feature MB/s (float16 bytes read); medians. The loader's batches are float16
+(copied as stored), zero-padded to the longest video of the batch; `Batch.to` casts them to
+float32 in the step. Then LiteEval is trained through
 `trainers.train.train` with `cache="off"` on `--train-videos` of the store after dropping the
 cache again, and the data share data_time / (data_time + compute_time) is read from the run's
 metrics.jsonl (data_time: the step waiting for the loader). Usage:

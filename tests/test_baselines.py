@@ -26,7 +26,7 @@ def store(tmp_path_factory):
 def batch_and_info(store):
     s = open_store(store)
     info = store_info(s)
-    batch = next(iter(make_loader(s, ["coarse", "fine"], "train", 8, False)))
+    batch = next(iter(make_loader(s, ["coarse", "fine"], "train", 8, False))).to("cpu")
     return batch, info
 
 

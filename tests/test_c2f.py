@@ -171,7 +171,7 @@ def test_lower_threshold_exits_earlier_and_costs_less(trained):
     # thresholds from the spread of eq. 5's calibrated confidence of the first exit on these
     # videos (its scale depends on how few training errors the ensemble makes)
     conf = torch.cat([model.calibrated_confidence(model.pathway_logits(normalize.apply(
-        model, b)))[:, 0] for b in loader]).detach()
+        model, b.to("cpu"))))[:, 0] for b in loader]).detach()
     qs = [float(torch.quantile(conf, q)) for q in (0.9, 0.5, 0.1)]
     rows = []
     for t in (None, *qs, float(conf.min()) - 1.0):

@@ -113,6 +113,16 @@ def test_batch_to_moves_every_tensor_and_keeps_the_ids():
     assert all(t.device.type == "meta" for t in tensors) and moved.video_ids == ["a"]
 
 
+def test_batch_to_casts_stored_float16_to_float32_also_on_the_same_device():
+    half = _batch()
+    half.features["v"], half.stages["v"]["s"] = (half.features["v"].half(),
+                                                 half.stages["v"]["s"].half())
+    moved = half.to("cpu")
+    assert moved.features["v"].dtype == moved.stages["v"]["s"].dtype == torch.float32
+    assert moved.lengths.dtype == torch.int64 and moved.mask.dtype == torch.bool
+    assert moved.to("cpu") is moved
+
+
 def test_checkpoints_round_trip_with_weights_only_and_refuse_the_old_format(tmp_path):
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "rng": {"cpu": torch.get_rng_state()},

@@ -71,7 +71,7 @@ def test_standardised_features_make_feature_scale_irrelevant(scaled_stores):
         model = liteeval.build(liteeval.Config(coarse_hidden=8, fine_hidden=16), info)
         loader = make_loader(store, model.required_views, "train", 8, False)
         normalize.attach(model, info, loader)
-        batch = next(iter(loader))
+        batch = next(iter(loader)).to("cpu")
         seen = normalize.apply(model, batch).features["fine"][batch.mask]
         assert seen.mean().abs() < 0.1 and (seen.std() - 1).abs() < 0.1
         model.eval()

@@ -62,13 +62,18 @@ def test_loader_pads_masks_and_reshuffles_per_epoch(store):
     assert [b.video_ids for b in loader] == first
     loader.set_epoch(1)
     assert [b.video_ids for b in loader] != first
-    batch = next(iter(loader))
-    n = int(batch.lengths[0])
+    loaded = next(iter(loader))
+    # the loader copies the stored float16; Batch.to casts to float32, also on the same device
+    assert loaded.features["fine"].dtype == torch.float16
+    batch = loaded.to("cpu")
     assert batch.features["fine"].dtype == torch.float32
+    assert batch.features["coarse"].dtype == torch.float32
+    n = int(batch.lengths[0])
     assert batch.mask[0].sum() == n
     assert torch.all(batch.features["fine"][0, n:] == 0)
     assert torch.equal(batch.features["fine"][0, :n],
                        torch.from_numpy(s.read(batch.video_ids[0], "fine")).float())
+    assert batch.to("cpu") is batch
     assert torch.all(batch.targets.sum(1) == 1)
 
 

@@ -89,7 +89,8 @@ def store_info(store) -> StoreInfo:
 
 
 class FeatureLoader:
-    """A re-iterable of padded `Batch`es over one split of a store.
+    """A re-iterable of padded `Batch`es over one split of a store (features as stored,
+    float16; `Batch.to(device)` casts them to float32).
 
     Shuffling is seeded by (seed, epoch): the loop calls `set_epoch` before each epoch so that
     a resumed run sees exactly the batches an uninterrupted run would. Without `set_epoch`, each
@@ -211,14 +212,18 @@ def block_shuffle(parts: Sequence[str], block: int, rng: np.random.Generator) ->
 
 
 def collate(items: list[tuple], video_ids: list[str], num_classes: int) -> Batch:
-    """Pad per-video arrays to the longest video of the batch (zeros past each length)."""
+    """Pad per-video arrays to the longest video of the batch (zeros past each length).
+
+    Features and stages keep the stored dtype (float16): a plain copy here, the cast to float32
+    in `Batch.to(device)` (on an accelerator after a half-size transfer). Converting here took
+    most of the loader's time (benchmarks/README.md, "Loader").
+    """
     lengths = [len(next(iter(feats.values()))) for feats, _, _ in items]
     b, t = len(items), max(lengths)
 
     def pad(arrays: list[np.ndarray]) -> torch.Tensor:
-        # torch converts float16 -> float32 ~2x faster than numpy (benchmarks/README.md,
-        # "Loader"), and only the padding is zeroed.
-        out = torch.empty((b, t, arrays[0].shape[-1]), dtype=torch.float32)
+        first = torch.from_numpy(arrays[0])
+        out = torch.empty((b, t, first.shape[-1]), dtype=first.dtype)  # only padding is zeroed
         for i, a in enumerate(arrays):
             out[i, : len(a)].copy_(torch.from_numpy(a))
             out[i, len(a) :].zero_()
@@ -248,7 +253,10 @@ def make_loader(
     prefetch: int = DEFAULT_PREFETCH,
     block: int = DEFAULT_BLOCK,
 ) -> FeatureLoader:
-    """Padded float32 batches of `views` (and their stage features) from one split.
+    """Padded batches of `views` (and their stage features) from one split.
+
+    Features come as stored (float16); `Batch.to(device)` makes them float32 on the device, so
+    every consumer calls it before feeding a model.
 
     cache: keep each video's float16 features in memory after its first read (for stores that
     fit in RAM; `trainers.cache_policy.choose_cache` decides it for a training run).

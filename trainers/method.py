@@ -20,9 +20,10 @@ import torch
 class Batch:
     """A padded batch of videos.
 
-    features: view name -> float32 [B, T, D] (zeros past each video's length).
-    stages: view name -> stage name -> float32 [B, T, D_s] (per-stage pooled features, when the
-        method asks for them).
+    features: view name -> [B, T, D] (zeros past each video's length); float16 as the loader
+        yields them (as stored), float32 after `to(device)`, which every consumer calls.
+    stages: view name -> stage name -> [B, T, D_s] (per-stage pooled features, when the
+        method asks for them); same dtypes as features.
     lengths: int64 [B], number of valid frames per video.
     mask: bool [B, T], True on valid frames.
     targets: float32 [B, C] multi-hot labels (single-label datasets have one 1 per row).
@@ -37,18 +38,32 @@ class Batch:
     stages: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
-        """The same batch with every tensor on `device` (itself when already there)."""
+        """The same batch on `device` with float32 features and stages (itself when already so).
+
+        The loader yields features as stored (float16): moving them first and casting on
+        `device` sends half the bytes to an accelerator and keeps the cast out of the loader
+        (benchmarks/README.md, "Loader").
+        """
         device = torch.device(device)
-        if self.targets.device == device:
+        tensors = [*self.features.values(), *(x for st in self.stages.values()
+                                              for x in st.values())]
+        if self.targets.device == device and all(x.dtype == torch.float32 for x in tensors):
             return self
         return Batch(
-            features={v: x.to(device) for v, x in self.features.items()},
+            features={v: _float32_on(x, device) for v, x in self.features.items()},
             lengths=self.lengths.to(device),
             mask=self.mask.to(device),
             targets=self.targets.to(device),
             video_ids=self.video_ids,
-            stages={v: {s: x.to(device) for s, x in st.items()} for v, st in self.stages.items()},
+            stages={v: {s: _float32_on(x, device) for s, x in st.items()}
+                    for v, st in self.stages.items()},
         )
+
+
+def _float32_on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` moved to `device`, then (if floating) cast there to float32."""
+    x = x.to(device)
+    return x.float() if x.is_floating_point() else x
 
 
 @dataclass

@@ -192,6 +192,16 @@ def test_shards_on_s3_resume_skips_published_shards(bucket, tmp_path, caplog, mo
     for vid in local.video_ids():
         np.testing.assert_array_equal(remote.read(vid, "b"), local.read(vid, "b"))
 
+    # One pass (`c2f build`) from the s3 manifest to s3 shards and an s3 store: same features.
+    built = f"{bucket}/built"
+    assert main(["build", "--manifest", f"{bucket}/manifest.parquet",
+                 "--shards-out", f"{built}/shards", "--out", f"{built}/store", *SHARD_ARGS,
+                 *extract]) == 0
+    one_pass = open_store(f"{built}/store")
+    assert one_pass.video_ids() == ["v0", "v1", "v2"]
+    for vid in local.video_ids():
+        np.testing.assert_array_equal(one_pass.read(vid, "b"), local.read(vid, "b"))
+
 
 def test_missing_bucket_or_refused_credentials_stop_before_any_work(
     bucket, s3_server, tmp_path, monkeypatch, capsys

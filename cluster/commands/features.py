@@ -89,9 +89,10 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         "shards`), then extract its features from the tar just written (as `c2f extract`), in "
         "the same task, so videos are decoded once. Finished shards and parts are skipped.",
     )
-    p.add_argument("--manifest", required=True, type=Path, help="manifest Parquet file")
-    p.add_argument("--shards-out", required=True, type=Path, help="output folder for shards")
-    p.add_argument("--out", required=True, type=Path, help="feature store folder")
+    p.add_argument("--manifest", required=True, help="manifest Parquet file (path or s3://…)")
+    p.add_argument("--shards-out", required=True,
+                   help="output folder for shards (path or s3://…)")
+    p.add_argument("--out", required=True, help="feature store folder (path or s3://…)")
     add_shard_args(p)
     add_extraction_args(p)
     p.set_defaults(handler=_build)

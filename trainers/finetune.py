@@ -36,6 +36,7 @@ import torch
 from backbones import CLIP_BACKBONES
 from backbones.tsm import add_temporal_shift
 from featstore.atomic import write_text
+from trainers import rundir
 from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
 from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
@@ -76,18 +77,7 @@ def _rank_world() -> tuple[int, int]:
 
 def prepare_run_dir(run: Path, resolved: dict) -> bool:
     """Create RUN or check it holds the same config; True when that run already finished."""
-    files = RunDir(run)
-    path = files.config
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k))
-        if diff:
-            raise ValueError(f"{run} holds a run with a different config ({', '.join(diff)} "
-                             "differ): choose another --out or delete it")
-        return files.finished()
-    files.checkpoints.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(resolved, indent=2) + "\n")
-    return False
+    return rundir.claim(RunDir(run), resolved)
 
 
 class EncodedLoader:

@@ -23,8 +23,10 @@ that read it cannot drift apart. docs/trainers.md describes what each file holds
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +133,37 @@ class RunDir:
 def sweep_point(sweep: str | os.PathLike[str], key: str, value: str) -> Path:
     """SWEEP/KEY=VALUE: the run directory of one sweep point (unsafe characters -> '_')."""
     return Path(sweep) / re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{key}={value}")
+
+
+def config_differences(old: dict, new: dict, ignore: Collection[str] = ()) -> list[str]:
+    """Keys whose values differ between two resolved configs; nested dicts (method_config) are
+    compared key by key and named `outer.inner`; `ignore` lists keys that may change."""
+    diff = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key in ignore or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            diff.append(key)
+    return diff
+
+
+def claim(run: RunDir, resolved: dict, ignore: Collection[str] = ()) -> bool:
+    """Create RUN with `resolved` as its config, or check that it already holds that config
+    (ValueError naming the differing keys); True when that run has finished."""
+    if run.root.exists() and not run.root.is_dir():
+        raise NotADirectoryError(f"{run.root} is a file, not a run directory")
+    if run.config.exists():
+        diff = config_differences(json.loads(run.config.read_text()), resolved, ignore)
+        if diff:
+            raise ValueError(f"{run.root} holds a run with a different config ({', '.join(diff)} "
+                             "differ): choose another --out or delete it")
+        return run.finished()
+    # imported here: `featstore` loads h5py and pyarrow, and this module is read by `--help`
+    from featstore.atomic import write_text
+
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    write_text(run.config, json.dumps(resolved, indent=2) + "\n")
+    return False

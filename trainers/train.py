@@ -27,7 +27,7 @@ import torch
 
 from featstore import open_store
 from featstore.atomic import write_text
-from trainers import normalize, splits
+from trainers import normalize, rundir, splits
 from trainers.cache_policy import choose_cache, feature_bytes
 from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from trainers.config import EXECUTION_KEYS, RunConfig, config_from_dict
@@ -59,7 +59,7 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     for split in ("train", cfg.eval_split):
         if not store.video_ids(split):
             raise ValueError(f"store {cfg.store} has no {split!r} videos")
-    if _check_run_dir(run, resolved):
+    if rundir.claim(run, resolved, ignore=EXECUTION_KEYS):
         log.info("run %s already finished (%s exists): nothing to do", run.root, run.eval.name)
         return run.root
     device = torch.device(cfg.device)
@@ -217,28 +217,6 @@ def load_run(run: str | os.PathLike, which: str = BEST) -> tuple[RunConfig, torc
     model.load_state_dict(weights)
     model.eval()
     return cfg, model, store, info
-
-
-def _check_run_dir(run: RunDir, resolved: dict) -> bool:
-    """Create RUN or check it holds the same config; True when that run already finished."""
-    if run.root.exists():
-        _require_dir(run.root)
-    path = run.config
-    if path.exists():
-        old = json.loads(path.read_text())
-        keys = sorted(set(old) | set(resolved))
-        diff = [k for k in keys if old.get(k) != resolved.get(k)]
-        diff += [f"method_config.{k}" for k in sorted(set(old.get("method_config", {}))
-                 | set(resolved["method_config"]))
-                 if old.get("method_config", {}).get(k) != resolved["method_config"].get(k)]
-        diff = [k for k in diff if k != "method_config" and k not in EXECUTION_KEYS]
-        if diff:
-            raise ValueError(f"{run.root} holds a run with a different config ({', '.join(diff)} "
-                             "differ): choose another --out or delete it")
-        return run.finished()
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(resolved, indent=2) + "\n")
-    return False
 
 
 def _require_dir(path: Path) -> None:

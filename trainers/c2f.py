@@ -94,9 +94,16 @@ class ReparamLinear(nn.Module):
 
 
 class Pathway(nn.Module):
-    """Per-frame head on one view, averaged over the valid frames -> video logits O_n."""
+    """Per-frame head on one view, pooled over the valid frames -> video logits O_n.
 
-    def __init__(self, dim: int, num_classes: int, hidden: int, dropout: float) -> None:
+    pool "lse": O_n = log mean_t exp(z_t), a smooth maximum over frames whose gradient
+    weights frame t by softmax_t(z_t), so a class's video score is carried by the frames that
+    score it highest; "mean": O_n = mean_t z_t (TSM's consensus); "topk": per class, the mean
+    of the ceil(topk * T) highest frame scores.
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int, dropout: float,
+                 pool: str = "lse", topk: float = 0.1) -> None:
         super().__init__()
         if hidden:
             self.head = nn.Sequential(
@@ -105,10 +112,22 @@ class Pathway(nn.Module):
             )
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+        self.pool = pool
+        self.topk = topk
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.unsqueeze(2).to(x.dtype)
-        return (self.head(x) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        z = self.head(x)
+        m = mask.unsqueeze(2)
+        n = m.sum(1).clamp_min(1)  # [B, 1] valid frames
+        if self.pool == "mean":
+            return (z * m).sum(1) / n
+        z = z.masked_fill(~m, float("-inf"))
+        if self.pool == "lse":
+            return torch.logsumexp(z, dim=1) - n.log()
+        k = (n * self.topk).ceil().long()  # [B, 1], >= 1 since n >= 1
+        top = z.sort(dim=1, descending=True).values
+        keep = torch.arange(z.shape[1], device=z.device)[None, :, None] < k[:, :, None]
+        return top.masked_fill(~keep, 0.0).sum(1) / k
 
 
 class C2F(nn.Module):
@@ -122,7 +141,8 @@ class C2F(nn.Module):
         self.required_views = tuple(cfg.views)
         c = info.num_classes
         dims = [info.views[v].dim for v in cfg.views]
-        self.pathways = nn.ModuleList(Pathway(d, c, cfg.head_hidden, cfg.dropout) for d in dims)
+        self.pathways = nn.ModuleList(Pathway(d, c, cfg.head_hidden, cfg.dropout, cfg.pool, cfg.topk)
+                                       for d in dims)
         self.fusion: nn.Module = ReparamLinear(len(dims) * c, c, cfg.beta)
         #: training top-1 error of each pathway and of the ensemble (eq. 5), NaN until measured
         self.register_buffer("train_errors", torch.full((len(dims) + 1,), float("nan")))

@@ -301,6 +301,8 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     # a run written before these keys existed trained without them
     d = {**{k: v for k, v in LEGACY_RUN_VALUES.items() if k not in d}, **d}
     method_values = d.pop("method_config", {}) or {}
+    # likewise for a method's keys: its Config's LEGACY_VALUES (what runs without them used)
+    method_values = {**getattr(config_type, "LEGACY_VALUES", {}), **method_values}
     if isinstance(d.get("cache"), bool):  # runs written before cache became auto|on|off
         d["cache"] = "on" if d["cache"] else "off"
     _set_fields(cfg, d, "", from_text=False)

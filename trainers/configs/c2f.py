@@ -7,10 +7,13 @@ model; each key is documented once, in the docstring (trainers/config_help.py re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from trainers.data import StoreInfo
+
+#: frame-score pooling of a pathway (see Config.pool)
+POOLS = ("lse", "mean", "topk")
 
 
 @dataclass
@@ -27,7 +30,16 @@ class Config:
     dropout: dropout before each pathway's final FC (the paper uses 0.5).
     exit_threshold: T used by the offline evaluation; None runs the whole ensemble (C2F_En).
     loss: "ce" (soft-target CE, see trainers.liteeval) or "bce".
+    pool: how a pathway turns its frame scores into O_n: "lse" (default) log-mean-exp of the
+        frame logits, so the frames that score a class highest carry its video score; "mean"
+        (TSM's average, the paper's pathways) lets the background frames of an untrimmed
+        video outvote its short class segment; "topk" the mean of the `topk` best frames per
+        class.
+    topk: fraction of a video's frames "topk" pooling averages (at least one frame).
     """
+
+    #: what a run whose config.json predates a key trained with (trainers.config reads it)
+    LEGACY_VALUES: ClassVar[dict[str, str]] = {"pool": "mean"}
 
     views: list[str] = field(default_factory=lambda: ["coarse", "fine"])
     mode: str = "joint"
@@ -39,6 +51,8 @@ class Config:
     dropout: float = 0.5
     exit_threshold: float | None = None
     loss: str = "ce"
+    pool: str = "lse"
+    topk: float = 0.1
 
     def validate(self, info: StoreInfo) -> None:
         """Refuse values the model cannot run with, naming the bad one."""
@@ -68,3 +82,7 @@ class Config:
             raise ValueError(f"exit_threshold={self.exit_threshold} must be <= 1")
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"loss={self.loss!r} must be 'ce' or 'bce'")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool={self.pool!r} must be one of {POOLS}")
+        if not 0.0 < self.topk <= 1.0:
+            raise ValueError(f"topk={self.topk} must be in (0, 1]")

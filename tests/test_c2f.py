@@ -9,6 +9,7 @@ test videos for 600 recognitions (inference on cached features is cheap). Figure
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 from trainers import c2f, normalize
 from trainers.budget import BudgetController
-from trainers.config import RunConfig
+from trainers.config import RunConfig, config_from_dict, resolve_config
 from trainers.data import StoreInfo, ViewInfo, make_loader
 from trainers.method import Batch, TrainState
 from trainers.synthetic import make_synthetic_store
@@ -98,10 +99,33 @@ def test_cost_of_an_exit_is_the_pathways_that_ran():
     assert out.decisions[1].tolist() == [0, 0, 0, -1, -1]
 
 
+@pytest.mark.parametrize("pool", ["lse", "mean", "topk"])
+def test_pathway_pools_only_the_valid_frames(pool):
+    torch.manual_seed(0)
+    path = c2f.Pathway(6, 4, 0, 0.0, pool, topk=0.4).eval()
+    x = torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    z = path.head(x[0, :3])
+    expected = {"lse": torch.logsumexp(z, 0) - math.log(3), "mean": z.mean(0),
+                "topk": z.topk(2, dim=0).values.mean(0)}[pool]  # ceil(0.4 * 3) = 2 frames
+    out = path(x, mask)
+    assert torch.allclose(out[0], expected, atol=1e-6)
+    x[0, 3:] = 100.0  # padding never counts
+    assert torch.allclose(path(x, mask), out, atol=1e-6)
+
+
+def test_runs_written_before_pool_existed_reload_with_the_mean():
+    saved = resolve_config("c2f", store="s", out="o").to_dict()
+    assert saved["method_config"]["pool"] == "lse"
+    del saved["method_config"]["pool"]
+    assert config_from_dict(saved).method_config.pool == "mean"
+
+
 @pytest.mark.parametrize(
     "change, name",
     [({"beta": 2.5}, "beta"), ({"views": ["coarse", "nope"]}, "nope"),
-     ({"views": ["fine"]}, "views"), ({"mode": "teacher"}, "mode"), ({"alpha": 1.5}, "alpha")],
+     ({"views": ["fine"]}, "views"), ({"mode": "teacher"}, "mode"), ({"alpha": 1.5}, "alpha"),
+     ({"pool": "max"}, "pool"), ({"topk": 0.0}, "topk")],
 )
 def test_bad_config_is_refused_naming_the_value(change, name):
     with pytest.raises(ValueError, match=name):

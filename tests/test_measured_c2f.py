@@ -60,8 +60,8 @@ def test_mean_pooled_pathways_learn_far_less(runs):
 def test_defaults_are_within_two_points_of_a_tuning_sweep(runs):
     stores, results, root = runs
     sweep = {"defaults": results[1.0]["mAP"]}
-    for sets in ([f"lr={0.3 * DEFAULT_LR:g}"], [f"lr={3 * DEFAULT_LR:g}"], ["weight_decay=0"]):
-        sweep[" ".join(sets)] = run_default("c2f", stores[1.0], root / "_".join(sets), *sets)["mAP"]
+    for lr in (0.3 * DEFAULT_LR, 3 * DEFAULT_LR):  # weight decay 0 / 5e-3: docs/trainers.md
+        sweep[f"lr={lr:g}"] = run_default("c2f", stores[1.0], root / f"lr{lr:g}", f"lr={lr:g}")["mAP"]
     print("\nC2F test mAP, features x1: " + ", ".join(f"{k} {100 * v:.1f}"
                                                        for k, v in sweep.items()))
     assert sweep["defaults"] >= max(sweep.values()) - 0.02
@@ -73,13 +73,13 @@ def _exit_evaluation(model, loader, info, threshold):
 
 
 def test_coarse_exit_stays_within_one_point_of_the_ensemble_at_lower_cost(runs):
-    """Pathways r18_112 -> r34_168 -> fine (each view carries some class evidence; the default
-    coarse view tells only the class pair, so exiting there is right half the time), other
-    settings default. T is chosen on the validation videos (carved from train): the lowest
+    """Pathways r34_168 -> fine (the coarser view carries class evidence, weaker than fine's;
+    the default coarse view tells only the class pair, so exiting there is right half the
+    time), other settings default. T is chosen on the validation videos (carved from train): the lowest
     calibrated confidence (eq. 5) of an early exit on them whose cascade keeps the validation
     mAP within half a point of the full ensemble's; then it is measured on the test split."""
     stores, _, root = runs
-    run_default("c2f", stores[1.0], root / "ladder", "views=r18_112,r34_168,fine")
+    run_default("c2f", stores[1.0], root / "ladder", "views=r34_168,fine")
     _, model, store, info = load_run(root / "ladder")
     views = list(model.required_views)
     val_ids = json.loads(RunDir(root / "ladder").splits.read_text())["val"]

@@ -213,10 +213,10 @@ class SoFNet(nn.Module):
             gates.append(torch.stack(g_t, dim=1))
             q_all.append(torch.stack(q_t, dim=1))
             hidden_all.append(torch.stack([h for h, _ in news], dim=1))
-            if early:  # eq. 3.7, checked after frame t + 1 (1-based index T-bar > T_min)
-                has = count.detach() > 0
-                prob = F.softmax(total / count.clamp_min(1e-6)[:, None], dim=1)
-                confident = has & (prob.max(dim=1).values > self.cfg.rho) & (t + 1 > self.cfg.t_min)
+            if early:  # eq. 3.7 after the T-bar-th processed frame, T-bar > T_min
+                processed = count.detach()
+                prob = F.softmax(total / processed.clamp_min(1e-6)[:, None], dim=1)
+                confident = (prob.max(dim=1).values > self.cfg.rho) & (processed > self.cfg.t_min)
                 ended = ended | (confident & valid)
         safe = count + (count.detach() == 0).to(count.dtype)
         logits = total / safe[:, None]  # eq. 3.6 (before the softmax); zeros if nothing used

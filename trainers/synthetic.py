@@ -36,7 +36,11 @@ Structure (deterministic for a given seed):
   capacity can recognise the training videos by it without learning the class evidence);
   `scale` multiplies every stored feature (real backbones' features are not N(0, 1): tests run
   at 0.1x, 1x and 10x); `with_val=False` keeps only train and test splits (the val share goes
-  to train), as many real stores have. `REALISTIC` holds the settings of a store that looks
+  to train), as many real stores have; `segments=k` splits the class evidence into k short
+  segments, one in each k-th of the video (an action that recurs, as ActivityNet's 1.5
+  instances per video do: a video whose first segment is clear is decided early, one whose
+  evidence is weak needs its last segment; SoF-Net's early termination, eq. 3.7, is worth
+  something only then). `REALISTIC` holds the settings of a store that looks
   like a real untrimmed dataset (background-dominated videos with short class segments).
 - The fine view has per-stage pooled features res1..res5 (SoF-Net), dims 16, 24, 32, 48, 64,
   class amplitude 0.3, 0.8, 1.5, 2.2 and res5 == the fine features; informative/background
@@ -55,6 +59,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +150,19 @@ def _segment(rng: np.random.Generator, t: int, fraction: float) -> tuple[int, in
     return start, start + length
 
 
+def _segments(rng: np.random.Generator, t: int, fraction: float, k: int) -> list[tuple[int, int]]:
+    """`k` segments sharing `fraction` of the frames, one at a random place in each of k equal
+    windows of the video (so the class recurs from the start to the end, never overlapping)."""
+    if k == 1:
+        return [_segment(rng, t, fraction)]
+    edges = np.linspace(0, t, k + 1).round().astype(int)
+    spans = []
+    for lo, hi in pairwise(edges):
+        a, b = _segment(rng, int(hi - lo), fraction * t / max(1, hi - lo) / k)
+        spans.append((int(lo) + a, int(lo) + b))
+    return spans
+
+
 def make_synthetic_store(
     store_dir: str | os.PathLike,
     *,
@@ -157,6 +175,7 @@ def make_synthetic_store(
     scale: float = 1.0,
     video_style: float = 0.0,
     with_val: bool = True,
+    segments: int = 1,
 ) -> Path:
     """Write the store described in the module docstring to `store_dir` and return its path."""
     if classes < 2 or classes % 2:
@@ -171,11 +190,16 @@ def make_synthetic_store(
         raise ValueError(f"scale must be > 0, got {scale}")
     if video_style < 0:
         raise ValueError(f"video_style must be >= 0, got {video_style}")
+    if not 1 <= segments <= frames[0] // 2:
+        raise ValueError(f"segments must be in [1, frames[0] // 2 = {frames[0] // 2}], got "
+                         f"{segments}")
     store_dir = Path(store_dir)
     params = {"videos": videos, "classes": classes, "frames": list(frames),
               "informative": informative, "second_label": second_label, "seed": seed}
     if (scale, video_style, with_val) != (1.0, 0.0, True):  # old stores keep their params
         params |= {"scale": scale, "video_style": video_style, "with_val": with_val}
+    if segments != 1:
+        params["segments"] = segments
     if (store_dir / TRUTH_FILE).exists():
         old = json.loads((store_dir / TRUTH_FILE).read_text())["params"]
         if old != params:
@@ -200,7 +224,7 @@ def make_synthetic_store(
         stage_dims={"fine": {s: d for s, (d, _) in FINE_STAGES.items()}},
         attrs={"generator": "trainers.synthetic", "seed": seed, "informative": informative,
                "second_label": second_label, "fps": 1.0, "scale": scale,
-               "video_style": video_style},
+               "video_style": video_style} | ({"segments": segments} if segments != 1 else {}),
     )
     truth: dict[str, list[int]] = {}
     per_class_seen = [0] * classes
@@ -217,8 +241,8 @@ def make_synthetic_store(
             split = "train" if k < n_train else ("val" if k < n_train + n_val else "test")
             t = int(rng.integers(frames[0], frames[1] + 1))
             frame_class = np.full(t, -1)
-            a, b = _segment(rng, t, informative)
-            frame_class[a:b] = label
+            for a, b in _segments(rng, t, informative, segments):
+                frame_class[a:b] = label
             labels = [label]
             free = np.flatnonzero(frame_class < 0)
             if classes > 2 and len(free) and rng.random() < second_label:

@@ -8,11 +8,14 @@ trainers.cost.module_gmacs for the policy modules and the MLP).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from backbones.flops import view_cost
+from featstore import open_store
 from trainers import sofnet
 from trainers.config import resolve_config
 from trainers.cost import module_gmacs
@@ -191,3 +194,29 @@ def test_early_termination_saves_gflops_at_bounded_map_drop(tmp_path) -> None:
     bg_rate, inf_rate = stopped[~informative].mean(), stopped[informative].mean()
     print(f"frames stopped early: background {bg_rate:.3f}, informative {inf_rate:.3f}")
     assert bg_rate > inf_rate
+
+
+def test_generator_options_for_early_exit(tmp_path) -> None:
+    """`segments=2` puts one class segment in each half of every video; `easy_background`
+    makes a share of the background frames stand out at res1 (3x the background amplitude);
+    neither adds a parameter to a store made without them."""
+    plain = make_synthetic_store(tmp_path / "plain", videos=16, classes=4, seed=2)
+    params = json.loads((plain / "synthetic_truth.json").read_text())["params"]
+    assert "segments" not in params and "easy_background" not in params
+    store = make_synthetic_store(tmp_path / "opts", videos=16, classes=4, seed=2, segments=2,
+                                 easy_background=0.5)
+    for flags in load_truth(store).values():
+        middle = round(len(flags) / 2)
+        assert flags[:middle].any() and flags[middle:].any()  # adjacent segments may touch
+    def loud_background(path) -> float:
+        """Share of background frames whose res1 feature is longer than 5.5."""
+        st, truth = open_store(path), load_truth(path)
+        norms = np.concatenate([np.linalg.norm(
+            st.read_stages(v, "fine")["res1"].astype(np.float64), axis=1)[~truth[v]]
+            for v in st.video_ids()])
+        return float((norms > 5.5).mean())
+
+    # hard background: |1.5 b + noise| ~ 4.3 in 16 dims; easy: |4.5 b + noise| ~ 6.0
+    before, after = loud_background(plain), loud_background(store)
+    print(f"background frames with |res1| > 5.5: {before:.2f} without, {after:.2f} with")
+    assert after > before + 0.25

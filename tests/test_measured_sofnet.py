@@ -4,7 +4,8 @@ Stores: trainers.synthetic REALISTIC (background-dominated videos, a per-video l
 split; the fine view's res1..res5 features are the stage features), shrunk to 8 classes and
 16-24 frames to fit the test budget, with the class evidence in `segments=2` short segments
 (an action that recurs: what lets early termination, eq. 3.7, end a video before its last
-frames). Only the model sizes are set; every loop setting is SoF-Net's default
+frames), and half of the background easy (told apart at res1 already, as black, title or static
+frames are by a real backbone's first stage; the other half stays as hard as before). Only the model sizes are set; every loop setting is SoF-Net's default
 (trainers/methods.py SOFNET_RUN). Every test prints its figures (run with -s to see them).
 """
 
@@ -23,7 +24,8 @@ from trainers.synthetic import REALISTIC, load_truth, make_synthetic_store
 from trainers.train import evaluate, load_run, train
 
 SCALES = (0.1, 1.0, 10.0)
-STORE = REALISTIC | {"classes": 8, "frames": (16, 24), "informative": 0.15, "segments": 2}
+STORE = REALISTIC | {"classes": 8, "frames": (16, 24), "informative": 0.15, "segments": 2,
+                     "easy_background": 0.5}
 #: small policy modules and MLP; val_fraction 0.2 sizes the carved validation set (32 videos)
 SETS = ("hidden=32", "embed=32", "mlp_hidden=64", "val_fraction=0.2")
 

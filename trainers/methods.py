@@ -124,8 +124,8 @@ C2F_RUN = {"weight_decay": 5e-4, "lr": 1e-2}
 #: Adam at 3e-2 instead of SGD at 1e-3 (a pre-trained backbone fine-tuned for ~31k steps there,
 #: heads from scratch in ~40-60 steps here). At the shared 1e-3 the policy never left
 #: all-forward (mAP 0.31 on tests/test_sofnet.py's store) and early termination (eq. 3.7,
-#: rho 0.999) never fired. tests/test_measured_sofnet.py: test mAP 55.8 at 9e-3, 91.2 at 3e-2,
-#: 86.3 at 9e-2 (docs/trainers.md, "SoF-Net defaults and why").
+#: rho 0.999) never fired. tests/test_measured_sofnet.py: test mAP 50.1 at 9e-3, 96.7 at 3e-2,
+#: 96.6 at 9e-2 (docs/trainers.md, "SoF-Net defaults and why").
 SOFNET_RUN = {"lr": 3e-2, "weight_decay": 1e-5, "schedule": "multistep", "milestones": [0.4]}
 #: Uniform scores a video by the mean of its frames' softmax, so on background-dominated videos
 #: only the few class frames move the classifier: at 1e-3 it was near chance after 10 epochs

@@ -23,6 +23,8 @@ from trainers.method import TrainState
 from trainers.synthetic import REALISTIC, load_truth, make_synthetic_store
 from trainers.train import evaluate, load_run, train
 
+pytestmark = pytest.mark.slow  # five short training runs: ~33 s of CPU in all
+
 SCALES = (0.1, 1.0, 10.0)
 STORE = REALISTIC | {"classes": 8, "frames": (16, 24), "informative": 0.15, "segments": 2,
                      "easy_background": 0.5}

@@ -220,3 +220,18 @@ def test_generator_options_for_early_exit(tmp_path) -> None:
     before, after = loud_background(plain), loud_background(store)
     print(f"background frames with |res1| > 5.5: {before:.2f} without, {after:.2f} with")
     assert after > before + 0.25
+
+
+def test_batched_step_matches_each_module_stepped_alone(info: StoreInfo) -> None:
+    """The forward pass steps the N modules as one batched LSTM step; with every frame fully
+    processed (so every state advances) its gate logits equal each module's own step."""
+    cfg = sofnet.Config(**SMALL, early_termination=False, layer_skipping=False)
+    model = sofnet.build(cfg, info).eval()  # random gate weights: q depends on h
+    batch = make_batch(info, [6, 6], seed=3)
+    out = model(batch, TrainState(training=False))
+    for k, (pm, stage) in enumerate(zip(model.policies, model.stages)):
+        inputs = pm.lstm_inputs(batch.stages["fine"][stage])
+        h = c = torch.zeros(2, 16)
+        for t, x in enumerate(inputs):
+            h, c, q = pm.step(x, (h, c))
+            assert torch.allclose(out.extras["gate_logits"][:, t, k], q, atol=1e-5)

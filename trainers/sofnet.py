@@ -5,7 +5,7 @@ stage feature (eq. 3.1), updates its state from the last fully processed frame (
 decides stop or forward with Gumbel-softmax (eq. 3.3-3.4). A frame that every module forwards is
 classified by an MLP on the last feature (eq. 3.5); the video prediction is the softmax of the
 mean logit over those frames (eq. 3.6). At inference, the video ends early once the running
-prediction's top probability exceeds rho after more than T_min frames (eq. 3.7).
+prediction's top probability exceeds rho after more than T_min processed frames (eq. 3.7).
 
 Training (eq. 3.8): alpha * CE (eq. 3.9) + (1 - alpha) * efficiency (eq. 3.10-3.11, expected
 remaining GFLOPs of every forward signal) + policy guidance (eq. 3.12): beta * inner-classifier
@@ -67,6 +67,10 @@ class PolicyModule(nn.Module):
         """The LSTM's input projection of W_x x_t for every frame, in one pass (see
         trainers.recurrence): a tuple of T tensors [B, 4H]."""
         return input_projections(self.lstm, self.fc(stage_features))
+
+    def lstm_input_sequence(self, stage_features: torch.Tensor) -> torch.Tensor:
+        """The same projections as one tensor [B, T, 4H] (for the batched step of SoFNet)."""
+        return torch.matmul(self.fc(stage_features), self.lstm.weight_ih.t()) + self.lstm.bias_ih
 
     def step(
         self, lstm_input: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
@@ -148,32 +152,47 @@ class SoFNet(nn.Module):
                 p.requires_grad_(stage == "joint")
 
     def _gate(self, q: torch.Tensor, mode: str, tau: float) -> torch.Tensor:
-        """Forward signal g in {0, 1} [B] (straight-through when sampled)."""
+        """Forward signals g in {0, 1} [..., ] from gate logits q [..., 2] (eq. 3.4;
+        straight-through when sampled)."""
         if mode == "forced":
-            return q.new_ones(q.shape[0])
+            return q.new_ones(q.shape[:-1])
         if mode == "gumbel":
-            return gumbel_softmax_st(q, tau)[:, 1]
-        return hard_argmax(q)[:, 1]
+            return gumbel_softmax_st(q, tau)[..., 1]
+        return hard_argmax(q)[..., 1]
+
+    def _stacked(self) -> tuple[torch.Tensor, ...]:
+        """The N modules' recurrent and gating weights stacked for one batched matmul each:
+        W_hh^T [N, H, 4H], b_hh [N, 1, 4H], W_g^T [N, H, 2], b_g [N, 1, 2]."""
+        pms = self.policies
+        return (torch.stack([pm.lstm.weight_hh.t() for pm in pms]),
+                torch.stack([pm.lstm.bias_hh for pm in pms])[:, None],
+                torch.stack([pm.gate.weight.t() for pm in pms]),
+                torch.stack([pm.gate.bias for pm in pms])[:, None])
 
     def forward(self, batch: Batch, state: TrainState) -> MethodOutput:
         feats = batch.stages[self.view]
         # W_x and the LSTM input projections run once over all frames; the loop reads per-step
-        # tuples (no [:, t] indexing of tensors that need gradients: see trainers.recurrence)
-        xs = [pm.lstm_inputs(feats[s]) for pm, s in zip(self.policies, self.stages)]
+        # tuples (no [:, t] indexing of tensors that need gradients: see trainers.recurrence).
+        # The N modules' LSTM steps (eq. 3.2) and gates (eq. 3.3-3.4) do not depend on each
+        # other's decisions within a frame, so they run as one batched step over [N, B, ...];
+        # only the product of eq. 3.6 chains them.
+        xs = torch.stack([pm.lstm_input_sequence(feats[s])
+                          for pm, s in zip(self.policies, self.stages)]).unbind(2)  # T x [N,B,4H]
+        w_hh, b_hh, w_g, b_g = self._stacked()
         bsz, steps = batch.mask.shape
         n = len(self.stages)
         training = state.training and self.training
         mode = ("forced" if state.stage == "warmup" else "gumbel") if training else "argmax"
+        if not self.cfg.layer_skipping:
+            mode = "forced"
         tau = annealed_tau(self.cfg.tau0, self.cfg.tau_decay, state.epoch)
         early = (not training) and self.cfg.early_termination
         frame_logits = self.mlp(batch.features[self.view])  # [B, T, C], eq. 3.5
         like = frame_logits
         frame_steps = frame_logits.unbind(1)
         valid_steps = batch.mask.unbind(1)
-        states = [
-            (like.new_zeros(bsz, self.cfg.hidden), like.new_zeros(bsz, self.cfg.hidden))
-            for _ in range(n)
-        ]
+        h = like.new_zeros(n, bsz, self.cfg.hidden)
+        c = like.new_zeros(n, bsz, self.cfg.hidden)
         total = like.new_zeros(bsz, frame_logits.shape[-1])
         count = like.new_zeros(bsz)
         ended = torch.zeros(bsz, dtype=torch.bool, device=like.device)
@@ -181,42 +200,33 @@ class SoFNet(nn.Module):
         gates, q_all, hidden_all, frame_cost = [], [], [], []
         for t in range(steps):
             valid = valid_steps[t]
-            seen = (valid & ~ended).to(like.dtype)
-            reach = seen  # 1 while the frame is still being forwarded
-            news, g_t, r_t, q_t = [], [], [], []
-            for k, pm in enumerate(self.policies):
-                h, c, q = pm.step(xs[k][t], states[k])  # eq. 3.1-3.3
-                g = self._gate(q, mode, tau)  # eq. 3.4
-                r_t.append(reach)
-                reach = reach * g
-                g_t.append(reach)  # forward signal actually emitted (0 if never reached)
-                news.append((h, c))
-                q_t.append(q)
-            s_t = reach  # eq. 3.6: s_t = prod_n g_t^(n)
-            used = s_t.detach() > 0.5
-            for k in range(n):  # states advance only on fully processed frames (eq. 3.2)
-                h_old, c_old = states[k]
-                h, c = news[k]
-                states[k] = (
-                    torch.where(used[:, None], h, h_old),
-                    torch.where(used[:, None], c, c_old),
-                )
+            seen = (valid & ~ended).to(like.dtype)  # 1 while the frame is still being forwarded
+            i, f, g, o = (xs[t] + torch.baddbmm(b_hh, h, w_hh)).chunk(4, dim=2)  # eq. 3.2
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            q = torch.baddbmm(b_g, h_new, w_g)  # [N, B, 2], eq. 3.3
+            passed = torch.cumprod(self._gate(q, mode, tau), dim=0)  # [N, B], eq. 3.4
+            emitted = seen * passed  # forward signal actually emitted (0 if never reached)
+            reached = torch.cat([seen[None], emitted[:-1]])  # module n ran on the frame
+            s_t = emitted[-1]  # eq. 3.6: s_t = prod_n g_t^(n)
+            used = (s_t.detach() > 0.5)[None, :, None]
+            h = torch.where(used, h_new, h)  # states advance only on fully processed frames
+            c = torch.where(used, c_new, c)
             total = total + s_t[:, None] * frame_steps[t]
             count = count + s_t
-            r_stack = torch.stack(r_t, dim=1)  # [B, N]
-            stop_at = torch.stack(g_t, dim=1).detach().sum(dim=1).long()  # modules passed
+            stop_at = emitted.detach().sum(dim=0).long()  # modules passed
             codes[:, t] = torch.where(
                 seen > 0, stop_at, torch.where(valid, torch.full_like(stop_at, n + 1), codes[:, t])
             )
-            cost = (r_stack.detach().to(torch.float64) * self.reach_gmacs).sum(dim=1)
-            frame_cost.append(cost + used.to(torch.float64) * self.tail_gmacs)
-            gates.append(torch.stack(g_t, dim=1))
-            q_all.append(torch.stack(q_t, dim=1))
-            hidden_all.append(torch.stack([h for h, _ in news], dim=1))
-            if early:  # eq. 3.7, checked after frame t + 1 (1-based index T-bar > T_min)
-                has = count.detach() > 0
-                prob = F.softmax(total / count.clamp_min(1e-6)[:, None], dim=1)
-                confident = has & (prob.max(dim=1).values > self.cfg.rho) & (t + 1 > self.cfg.t_min)
+            cost = (reached.detach().t().to(torch.float64) * self.reach_gmacs).sum(dim=1)
+            frame_cost.append(cost + used[0, :, 0].to(torch.float64) * self.tail_gmacs)
+            gates.append(emitted.t())
+            q_all.append(q.transpose(0, 1))
+            hidden_all.append(h_new.transpose(0, 1))
+            if early:  # eq. 3.7 after the T-bar-th processed frame, T-bar > T_min
+                processed = count.detach()
+                prob = F.softmax(total / processed.clamp_min(1e-6)[:, None], dim=1)
+                confident = (prob.max(dim=1).values > self.cfg.rho) & (processed > self.cfg.t_min)
                 ended = ended | (confident & valid)
         safe = count + (count.detach() == 0).to(count.dtype)
         logits = total / safe[:, None]  # eq. 3.6 (before the softmax); zeros if nothing used

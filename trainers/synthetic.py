@@ -36,7 +36,14 @@ Structure (deterministic for a given seed):
   capacity can recognise the training videos by it without learning the class evidence);
   `scale` multiplies every stored feature (real backbones' features are not N(0, 1): tests run
   at 0.1x, 1x and 10x); `with_val=False` keeps only train and test splits (the val share goes
-  to train), as many real stores have. `REALISTIC` holds the settings of a store that looks
+  to train), as many real stores have; `segments=k` splits the class evidence into k short
+  segments, one in each k-th of the video (an action that recurs, as ActivityNet's 1.5
+  instances per video do: a video whose first segment is clear is decided early, one whose
+  evidence is weak needs its last segment; SoF-Net's early termination, eq. 3.7, is worth
+  something only then); `easy_background=p` makes a share p of the background frames easy:
+  their background direction is 3x as strong in every view and stage, so res1 already tells
+  them apart (black, title or static frames a real backbone's first stage recognises), while
+  the rest stay as hard as the class frames' own background at every stage. `REALISTIC` holds the settings of a store that looks
   like a real untrimmed dataset (background-dominated videos with short class segments).
 - The fine view has per-stage pooled features res1..res5 (SoF-Net), dims 16, 24, 32, 48, 64,
   class amplitude 0.3, 0.8, 1.5, 2.2 and res5 == the fine features; informative/background
@@ -55,6 +62,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +112,8 @@ BACKGROUND_CLUSTERS = 4
 REALISTIC: dict[str, object] = {"classes": 24, "frames": (40, 80), "informative": 0.1,
                                 "video_style": 1.5, "with_val": False}
 TRUTH_FILE = "synthetic_truth.json"
+#: background amplitude multiplier of the frames `easy_background` marks easy
+EASY_GAIN = 3.0
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -127,15 +137,18 @@ class _Prototypes:
         strength: np.ndarray,
         cluster: np.ndarray,
         amps: tuple[float, float, float, float],
+        bg_gain: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Features [T, dim]: frame_class is -1 on background frames."""
+        """Features [T, dim]: frame_class is -1 on background frames; bg_gain [T] scales the
+        background amplitude per frame (None: 1)."""
         a_cls, a_grp, a_inf, a_bg = amps
         informative = frame_class >= 0
         c = np.where(informative, frame_class, 0)
         s = (strength * informative)[:, None]
         x = a_cls * s * self.cls[c] + a_grp * s * self.grp[c // 2]
         x += a_inf * informative[:, None] * self.inf[None, :]
-        x += a_bg * (~informative)[:, None] * self.bg[cluster]
+        bg = a_bg * (~informative)[:, None] * self.bg[cluster]
+        x += bg if bg_gain is None else bg_gain[:, None] * bg
         return x + rng.standard_normal(x.shape)
 
 
@@ -143,6 +156,19 @@ def _segment(rng: np.random.Generator, t: int, fraction: float) -> tuple[int, in
     length = min(t, max(2, round(fraction * t)))
     start = int(rng.integers(0, t - length + 1))
     return start, start + length
+
+
+def _segments(rng: np.random.Generator, t: int, fraction: float, k: int) -> list[tuple[int, int]]:
+    """`k` segments sharing `fraction` of the frames, one at a random place in each of k equal
+    windows of the video (so the class recurs from the start to the end, never overlapping)."""
+    if k == 1:
+        return [_segment(rng, t, fraction)]
+    edges = np.linspace(0, t, k + 1).round().astype(int)
+    spans = []
+    for lo, hi in pairwise(edges):
+        a, b = _segment(rng, int(hi - lo), fraction * t / max(1, hi - lo) / k)
+        spans.append((int(lo) + a, int(lo) + b))
+    return spans
 
 
 def make_synthetic_store(
@@ -157,6 +183,8 @@ def make_synthetic_store(
     scale: float = 1.0,
     video_style: float = 0.0,
     with_val: bool = True,
+    segments: int = 1,
+    easy_background: float = 0.0,
 ) -> Path:
     """Write the store described in the module docstring to `store_dir` and return its path."""
     if classes < 2 or classes % 2:
@@ -171,11 +199,20 @@ def make_synthetic_store(
         raise ValueError(f"scale must be > 0, got {scale}")
     if video_style < 0:
         raise ValueError(f"video_style must be >= 0, got {video_style}")
+    if not 0.0 <= easy_background <= 1.0:
+        raise ValueError(f"easy_background must be in [0, 1], got {easy_background}")
+    if not 1 <= segments <= frames[0] // 2:
+        raise ValueError(f"segments must be in [1, frames[0] // 2 = {frames[0] // 2}], got "
+                         f"{segments}")
     store_dir = Path(store_dir)
     params = {"videos": videos, "classes": classes, "frames": list(frames),
               "informative": informative, "second_label": second_label, "seed": seed}
     if (scale, video_style, with_val) != (1.0, 0.0, True):  # old stores keep their params
         params |= {"scale": scale, "video_style": video_style, "with_val": with_val}
+    if segments != 1:
+        params["segments"] = segments
+    if easy_background:
+        params["easy_background"] = easy_background
     if (store_dir / TRUTH_FILE).exists():
         old = json.loads((store_dir / TRUTH_FILE).read_text())["params"]
         if old != params:
@@ -184,6 +221,7 @@ def make_synthetic_store(
         return store_dir
     rng = np.random.default_rng(seed)
     style_rng = np.random.default_rng([seed, 1])  # its own stream: defaults stay unchanged
+    easy_rng = np.random.default_rng([seed, 2])
     protos = {v: _Prototypes(rng, spec.dim, classes) for v, spec in VIEWS.items()}
     stage_protos = {s: _Prototypes(rng, d, classes) for s, (d, _) in FINE_STAGES.items()
                     if s != "res5"}
@@ -200,7 +238,8 @@ def make_synthetic_store(
         stage_dims={"fine": {s: d for s, (d, _) in FINE_STAGES.items()}},
         attrs={"generator": "trainers.synthetic", "seed": seed, "informative": informative,
                "second_label": second_label, "fps": 1.0, "scale": scale,
-               "video_style": video_style},
+               "video_style": video_style} | ({"segments": segments} if segments != 1 else {})
+              | ({"easy_background": easy_background} if easy_background else {}),
     )
     truth: dict[str, list[int]] = {}
     per_class_seen = [0] * classes
@@ -217,8 +256,8 @@ def make_synthetic_store(
             split = "train" if k < n_train else ("val" if k < n_train + n_val else "test")
             t = int(rng.integers(frames[0], frames[1] + 1))
             frame_class = np.full(t, -1)
-            a, b = _segment(rng, t, informative)
-            frame_class[a:b] = label
+            for a, b in _segments(rng, t, informative, segments):
+                frame_class[a:b] = label
             labels = [label]
             free = np.flatnonzero(frame_class < 0)
             if classes > 2 and len(free) and rng.random() < second_label:
@@ -230,10 +269,13 @@ def make_synthetic_store(
                 labels.append(other)
             strength = rng.uniform(0.5, 1.5, size=t)
             cluster = rng.integers(0, BACKGROUND_CLUSTERS, size=t)
+            gain = None
+            if easy_background > 0:  # easy background: 3x the background amplitude everywhere
+                gain = np.where(easy_rng.random(t) < easy_background, EASY_GAIN, 1.0)
             feats = {}
             for v, spec in VIEWS.items():
                 amps = (spec.a_cls, spec.a_grp, spec.a_inf, spec.a_bg)
-                feats[v] = protos[v].render(rng, frame_class, strength, cluster, amps)
+                feats[v] = protos[v].render(rng, frame_class, strength, cluster, amps, gain)
             if video_style > 0:
                 for v, spec in VIEWS.items():
                     feats[v] += video_style * _unit(style_rng, 1, spec.dim)
@@ -244,7 +286,8 @@ def make_synthetic_store(
                     stages[s] = feats["fine"]
                 else:
                     amps = (a_cls, fine_spec.a_grp, fine_spec.a_inf, fine_spec.a_bg)
-                    stages[s] = stage_protos[s].render(rng, frame_class, strength, cluster, amps)
+                    stages[s] = stage_protos[s].render(rng, frame_class, strength, cluster, amps,
+                                                       gain)
                     if video_style > 0:
                         stages[s] += video_style * _unit(style_rng, 1, stages[s].shape[1])
             video_id = f"syn{i:05d}"

@@ -43,6 +43,7 @@ from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
 from trainers.evaluation import evaluate, evaluating, summary
 from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
+from trainers.finetune_stages import stage_frozen_views
 from trainers.method import Batch, TrainState
 from trainers.methods import load_ref, method_spec
 from trainers.rundir import BEST, LAST, RunDir
@@ -229,11 +230,14 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             log.info("stopping after %d epochs as asked; re-run to resume", stop_after_epochs)
             return run
         if epoch == start_epoch or plan[epoch] != plan[epoch - 1]:
-            # a staged method (AR-Net A-1 -> A-2 -> A-3) freezes/unfreezes parts per stage;
-            # DDP is rebuilt so it synchronises exactly the parameters that now learn
+            # a staged method (AR-Net A-1 -> A-2 -> A-3, C2F teacher -> classroom) freezes and
+            # unfreezes parts (and backbones) per stage; DDP is rebuilt so it synchronises
+            # exactly the parameters that now learn
             state.stage = plan[epoch]
             if spec.schedule:
                 model.method.configure_stage(state.stage)
+            model.encoder.freeze_for_stage(
+                stage_frozen_views(cfg.method, cfg.method_config, state.stage))
             if world > 1:
                 train_model = torch.nn.parallel.DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None,

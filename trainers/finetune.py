@@ -43,6 +43,7 @@ from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
 from trainers.evaluation import evaluate, evaluating, summary
 from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
+from trainers.finetune_sofnet import StopOrForward
 from trainers.finetune_stages import stage_frozen_views
 from trainers.method import Batch, TrainState
 from trainers.methods import load_ref, method_spec
@@ -122,7 +123,8 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
     cfg.method_config.validate(info)
     method = method_spec(cfg.method).build(cfg.method_config, info)
     encoder.with_stages = bool(method.needs_stages)
-    model = EndToEnd(encoder, method)
+    # SoF-Net's frames stop early in training: its backbone runs stage by stage with it
+    model = (StopOrForward if cfg.method == "sofnet" else EndToEnd)(encoder, method)
     used = [encoder.views[v] for v in method.required_views]
     sizes = clip_sizes(used)
     return E2ESetup(model, info, classes, sizes, train_videos,

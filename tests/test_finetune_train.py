@@ -274,6 +274,10 @@ def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_sha
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in records if r["kind"] == "epoch"]
     assert stages == ["warmup", "joint", "joint", "finetune", "finetune", "finetune"]
+    steps = [r for r in records if r["kind"] == "step"]
+    # each resolution's base model learns on every frame; then the method's eq. 12
+    assert all({"A1_r32", "A1_r16"} <= set(r) for r in steps if r["stage"] == "warmup")
+    assert all("flops" in r for r in steps if r["stage"] != "warmup")
     assert torch.equal(policy_a3, policy_end)  # policy frozen
     assert not torch.equal(backbone_a3, backbone_end)  # ... while the backbones fine-tune
     result = json.loads((run / "eval.json").read_text())

@@ -212,3 +212,8 @@ class EndToEnd(nn.Module):
                 state: TrainState) -> tuple[MethodOutput, Batch]:
         batch = self.encode(clips, targets, video_ids)
         return self.method(batch, state), batch
+
+    def loss(self, out: MethodOutput, batch: Batch,
+             state: TrainState) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss: the method's own (an end-to-end variant may change a stage's)."""
+        return self.method.loss(out, batch, state)

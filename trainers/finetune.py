@@ -41,6 +41,7 @@ from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoi
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
 from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
 from trainers.evaluation import evaluate, evaluating, summary
+from trainers.finetune_arnet import BaseModelsFirst
 from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
 from trainers.finetune_sofnet import StopOrForward
@@ -51,6 +52,12 @@ from trainers.rundir import BEST, LAST, RunDir
 from trainers.train import stage_plan, write_eval
 
 log = logging.getLogger(__name__)
+
+#: methods whose end-to-end model differs from "encoder, then the method": AR-Net trains its
+#: base models first (A-1), SoF-Net's frames stop early in training
+END_TO_END: dict[str, type[EndToEnd]] = {"arnet": BaseModelsFirst,
+                                         "random-policy": BaseModelsFirst,
+                                         "sofnet": StopOrForward}
 
 #: called by every rank after each epoch with (epoch, record, last.pt or None on ranks > 0)
 EpochHook = Callable[[int, dict, Path | None], None]
@@ -123,8 +130,7 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
     cfg.method_config.validate(info)
     method = method_spec(cfg.method).build(cfg.method_config, info)
     encoder.with_stages = bool(method.needs_stages)
-    # SoF-Net's frames stop early in training: its backbone runs stage by stage with it
-    model = (StopOrForward if cfg.method == "sofnet" else EndToEnd)(encoder, method)
+    model = END_TO_END.get(cfg.method, EndToEnd)(encoder, method)
     used = [encoder.views[v] for v in method.required_views]
     sizes = clip_sizes(used)
     return E2ESetup(model, info, classes, sizes, train_videos,
@@ -254,7 +260,7 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             clip = clip.to(device, non_blocking=True)
             t1 = time.perf_counter()
             out, batch = train_model(clip.clips, clip.targets, clip.video_ids, state)
-            loss, parts = model.method.loss(out, batch, state)
+            loss, parts = model.loss(out, batch, state)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad > 0:

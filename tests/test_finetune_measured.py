@@ -34,7 +34,7 @@ TRAIN_PER_CLASS = 5
 #: the loop settings every run here shares (AdamW, all parts at one rate, short warm-up)
 LOOP = {"frames": 4, "batch_size": 8, "optimizer": "adamw", "lr": 1e-3}
 SETS = ["head_lr_mult=1", "backbone_lr_mult=1", "warmup_epochs=0.5", "val_split=train",
-        "precise_bn_batches=2"]
+        "precise_bn_batches=1"]
 
 
 @pytest.fixture(scope="module")
@@ -78,24 +78,31 @@ def test_arnet_end_to_end_beats_its_random_policy_at_equal_or_lower_gflops(pair_
                                                                            tmp_path):
     """AR-Net (A-1 -> A-3 end to end) against RANDOM trained end to end the same way, whose
     actions are drawn with the learned policy's decision shares, moved from the cheap to the
-    fine resolution until its expected cost is 5% above the learned policy's measured cost
-    (as tests/test_arnet.py does on cached features). RANDOM's test figures are means over
-    50 draws of its actions on the same encoded test clips."""
+    fine resolution until its expected cost is 2% above the learned policy's measured cost
+    (as tests/test_arnet.py does on cached features, with 5%). RANDOM's test figures are
+    means over 200 draws of its actions on the same encoded test clips (7200 decisions: the
+    sampling error of its mean cost is about 1%). Rates: AR-Net's own (1e-2,
+    trainers.methods.ARNET_RUN: at 1e-3 the policy barely moves in a short run), the
+    backbones at x0.1 as the issue's per-part rates say."""
     def cfg(method: str, sets: list[str]):
         return resolve_finetune_config(
             method, shards=pair_shards, out=tmp_path / method,
             views=["r48=resnet18@48", "r16=resnet18@16"], epochs=6, steps_per_epoch=4, **LOOP,
-            sets=SETS + ["method_config.views=r48,r16", "skips=1", "hidden=16", *sets])
+            sets=SETS + ["lr=0.01", "backbone_lr_mult=0.1", "method_config.views=r48,r16",
+                         "skips=1", "hidden=16", *sets])
 
     learned_cfg = cfg("arnet", [])
     learned = json.loads((finetune(learned_cfg) / "eval.json").read_text())
     lines = (tmp_path / "arnet" / "predictions.jsonl").read_text().splitlines()
     shares = arnet.action_shares([json.loads(ln)["decisions"] for ln in lines], 3)
+    print(f"\nAR-Net end to end: mAP {learned['mAP']:.3f} top-1 {learned['top1']:.3f} at "
+          f"{learned['gflops_mean']:.4f} GFLOPs/video, shares (r48, r16, skip) "
+          f"{np.round(shares, 3).tolist()}")
     random_config = copy.deepcopy(learned_cfg.method_config)
     random_config.policy = "random"
     table = arnet.build(random_config, build_model(learned_cfg).info)
     props = list(shares)
-    while table.expected_frame_gmacs(props) < 1.05 * learned["gflops_per_frame_mean"]:
+    while table.expected_frame_gmacs(props) < 1.02 * learned["gflops_per_frame_mean"]:
         assert props[1] > 0, "no cheap-resolution share left to move"
         moved = min(0.01, props[1])
         props[1] -= moved
@@ -107,15 +114,13 @@ def test_arnet_end_to_end_beats_its_random_policy_at_equal_or_lower_gflops(pair_
     test = _encoded(model, setup, pair_shards, "test")
     torch.manual_seed(0)
     draws = [evaluate(model.method, test, setup.info, TrainState(training=False))
-             for _ in range(50)]
+             for _ in range(200)]
     random_map = float(np.mean([d["mAP"] for d in draws]))
     random_top1 = float(np.mean([d["top1"] for d in draws]))
     random_gflops = float(np.mean([d["gflops_mean"] for d in draws]))
-    print(f"\nAR-Net end to end: mAP {learned['mAP']:.3f} top-1 {learned['top1']:.3f} at "
-          f"{learned['gflops_mean']:.4f} GFLOPs/video, shares (r48, r16, skip) "
-          f"{np.round(shares, 3).tolist()} | random policy end to end, shares "
-          f"{np.round(props, 3).tolist()}: mAP {random_map:.3f} top-1 {random_top1:.3f} at "
-          f"{random_gflops:.4f} GFLOPs/video (mean of 50 draws)")
+    print(f"random policy end to end, shares {np.round(props, 3).tolist()}: mAP "
+          f"{random_map:.3f} top-1 {random_top1:.3f} at {random_gflops:.4f} GFLOPs/video "
+          "(mean of 200 draws)")
     assert learned["gflops_mean"] <= random_gflops
     assert learned["mAP"] > random_map and learned["top1"] > random_top1
 

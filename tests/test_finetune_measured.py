@@ -125,36 +125,36 @@ def test_arnet_end_to_end_beats_its_random_policy_at_equal_or_lower_gflops(pair_
     assert learned["mAP"] > random_map and learned["top1"] > random_top1
 
 
+#: C2F's exit threshold T on the calibrated confidence of eq. 5, set beforehand (not tuned on
+#: the test videos): a video leaves at the coarse pathway when it is 90% sure. The training
+#: videos cannot choose it here: every pathway fits them alike (measured e_n are all equal).
+EXIT_THRESHOLD = 0.9
+
+
 @pytest.mark.slow
 def test_c2f_end_to_end_coarse_exit_reaches_its_ensemble_within_1_point(pair_shards,
                                                                          tmp_path):
-    """C2F (eq. 3) end to end; the exit threshold T is chosen on the training videos (the
-    lowest-cost T of a grid whose top-1 there is within 1 point of the ensemble's), then the
-    test figures of the cascade at that T are compared with the full ensemble's."""
+    """C2F (eq. 3) end to end; the cascade at T = EXIT_THRESHOLD against the full ensemble
+    on the test videos (the whole T curve is printed too)."""
     cfg = resolve_finetune_config(
         "c2f", shards=pair_shards, out=tmp_path / "c2f",
         views=["coarse=resnet18@16", "fine=resnet18@48"], epochs=4, steps_per_epoch=4, **LOOP,
         sets=SETS + ["head_hidden=0"])
     finetune(cfg)
     model, setup = _trained(cfg)
-    state = TrainState(training=False)
-
-    def measured(batches: list, threshold: float | None) -> dict:
-        model.method.cfg.exit_threshold = threshold
-        return evaluate(model.method, batches, setup.info, state)
-
-    train = _encoded(model, setup, pair_shards, "train")
-    ensemble_train = measured(train, None)
-    grid = [round(t, 2) for t in np.arange(0.0, 1.0, 0.05)]
-    fits = [(measured(train, t)["gflops_mean"], t) for t in grid
-            if measured(train, t)["top1"] >= ensemble_train["top1"] - 0.01]
-    threshold = min(fits)[1]
     test = _encoded(model, setup, pair_shards, "test")
-    ensemble, exits = measured(test, None), measured(test, threshold)
+
+    def measured(threshold: float | None) -> dict:
+        model.method.cfg.exit_threshold = threshold
+        return evaluate(model.method, test, setup.info, TrainState(training=False))
+
+    ensemble, exits = measured(None), measured(EXIT_THRESHOLD)
+    curve = {t: measured(t) for t in (0.5, 0.7, 0.8, 0.95, 0.99)}
     print(f"\nC2F end to end, {ensemble['videos']} test videos: ensemble top-1 "
           f"{ensemble['top1']:.3f} mAP {ensemble['mAP']:.3f} at {ensemble['gflops_mean']:.4f} "
-          f"GFLOPs/video | coarse exit at T={threshold} (chosen on the training videos): "
-          f"top-1 {exits['top1']:.3f} mAP {exits['mAP']:.3f} at {exits['gflops_mean']:.4f} "
-          f"GFLOPs/video | training error rates {model.method.train_errors.tolist()}")
+          f"GFLOPs/video | coarse exit at T={EXIT_THRESHOLD}: top-1 {exits['top1']:.3f} mAP "
+          f"{exits['mAP']:.3f} at {exits['gflops_mean']:.4f} GFLOPs/video | other T: "
+          + ", ".join(f"{t}: {r['top1']:.3f} at {r['gflops_mean']:.3f}" for t, r in curve.items())
+          + f" | training error rates {np.round(model.method.train_errors.tolist(), 3).tolist()}")
     assert exits["top1"] >= ensemble["top1"] - 0.01
     assert exits["gflops_mean"] < ensemble["gflops_mean"]

@@ -3,7 +3,9 @@
 `finetune(cfg)` trains on one process (the default) or hands the same per-worker loop to
 Ray Train (`cfg.workers > 1` or an `address`, trainers/finetune_ray.py). The loop reads top
 to bottom: data (trainers/clips.py), model (`EndToEnd`: trainers/encoder.py + the method's
-own module), per-part optimiser and schedule (trainers/finetune_optim.py), epochs, the shared
+own module; `END_TO_END` names the methods whose end-to-end model differs: AR-Net's A-1 in
+trainers/finetune_arnet.py, SoF-Net's early stop in trainers/finetune_sofnet.py; the backbones
+a stage freezes come from trainers/finetune_stages.py), per-part optimiser and schedule (trainers/finetune_optim.py), epochs, the shared
 evaluation (`trainers.evaluation.evaluate`, fed batches the encoder computed), checkpoints
 (trainers/checkpoint.py: read with weights_only=True), the test evaluation and the export of
 every trained backbone (trainers/export.py). What the loop needs about a method comes from its

@@ -274,6 +274,10 @@ def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_sha
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in records if r["kind"] == "epoch"]
     assert stages == ["warmup", "joint", "joint", "finetune", "finetune", "finetune"]
+    steps = [r for r in records if r["kind"] == "step"]
+    # A-1: each resolution's base model learns on every frame; then the method's eq. 12
+    assert all({"A1_r32", "A1_r16"} <= set(r) for r in steps if r["stage"] == "warmup")
+    assert all("flops" in r for r in steps if r["stage"] != "warmup")
     assert torch.equal(policy_a3, policy_end)  # A-3: policy frozen
     assert not torch.equal(backbone_a3, backbone_end)  # ... while the backbones fine-tune
     result = json.loads((run / "eval.json").read_text())
@@ -285,10 +289,6 @@ def test_arnet_end_to_end_runs_its_stages_and_freezes_the_policy_in_a3(small_sha
 @pytest.mark.slow
 def test_c2f_end_to_end_trains_both_pathways_and_measures_its_exit_errors(small_shards,
                                                                           tmp_path):
-    with pytest.raises(ValueError, match="--freeze fine"):
-        resolve_finetune_config("c2f", shards=small_shards, out=tmp_path / "x",
-                                views=["coarse=resnet18@16", "fine=resnet18@32"],
-                                sets=["mode=classroom"])
     cfg = resolve_finetune_config(
         "c2f", shards=small_shards, out=tmp_path / "c2f",
         views=["coarse=resnet18@16", "fine=resnet18@32"], frames=4, batch_size=4, epochs=2,
@@ -301,6 +301,47 @@ def test_c2f_end_to_end_trains_both_pathways_and_measures_its_exit_errors(small_
     assert set(first) == set(build_model(cfg).model.encoder.backbones["coarse"].state_dict())
     result = json.loads((run / "eval.json").read_text())
     assert result["videos"] == 4 and result["gflops_mean"] > 0
+
+
+def _tensors(run: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    return {k: v for k, v in state.items() if k.startswith(prefixes)}
+
+
+@pytest.mark.slow
+def test_c2f_classroom_trains_the_teacher_first_then_distils_from_it_frozen(small_shards,
+                                                                            tmp_path):
+    """Eq. 4 end to end without --freeze: stage "teacher" trains the fine backbone and head
+    (the coarse backbone stays fixed), stage "classroom" freezes both and distils (KLD)."""
+    def cfg():
+        return resolve_finetune_config(
+            "c2f", shards=small_shards, out=tmp_path / "classroom",
+            views=["coarse=resnet18@16", "fine=resnet18@32"], frames=2, batch_size=4,
+            epochs=2, steps_per_epoch=1, optimizer="adamw", lr=1e-3,
+            sets=["mode=classroom", "head_hidden=0", "val_split=test",
+                  "precise_bn_batches=1", "warmup_epochs=0"])
+
+    fine = ("encoder.backbones.fine.", "method.pathways.1.")
+    coarse = ("encoder.backbones.coarse.", "method.pathways.0.")
+    initial = {k: v.clone() for k, v in build_model(cfg()).model.state_dict().items()}
+    run = finetune(cfg(), stop_after_epochs=1)
+    teacher = _tensors(run, fine + coarse)
+    finetune(cfg())  # resumes into the classroom stage
+    end = _tensors(run, fine + coarse)
+    for key in ("encoder.backbones.fine.conv1.weight", "method.pathways.1.head.1.weight"):
+        assert not torch.equal(initial[key], teacher[key]), key  # the teacher learns first
+    assert torch.equal(initial["encoder.backbones.coarse.conv1.weight"],
+                       teacher["encoder.backbones.coarse.conv1.weight"])
+    frozen = [k for k in teacher if k.startswith(fine)]
+    assert frozen and all(torch.equal(teacher[k], end[k]) for k in frozen)  # BN stats too
+    assert not torch.equal(teacher["encoder.backbones.coarse.conv1.weight"],
+                           end["encoder.backbones.coarse.conv1.weight"])
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["stage"] for r in steps] == ["teacher", "classroom"]
+    assert "KLD" not in steps[0] and steps[1]["KLD"] > 0  # eq. 4's distillation term
+    meta = json.loads((run / "export" / "fine.json").read_text())
+    assert meta["frozen"] is False  # trained in the teacher stage
 
 
 @pytest.mark.slow

@@ -82,16 +82,33 @@ class ClipEncoder(nn.Module):
                              "differ (one feature per clip vs one per frame)")
         self.views = {v.name: v for v in views}
         self.with_stages = with_stages
-        self.frozen = tuple(frozen)
+        self.fixed = tuple(frozen)  # frozen for the whole run (`--freeze`)
+        self.frozen: tuple[str, ...] = ()
         self.bf16 = bf16
         self.backbones = nn.ModuleDict({v.name: build_view_backbone(v) for v in views})
-        for backbone in self.backbones.values():
-            # the ImageNet classifier is not part of the features: kept (the export stays in
-            # torchvision layout) but not trained, so DDP sees no parameter without a gradient
+        self.freeze_for_stage(())
+
+    def freeze_for_stage(self, names: Sequence[str]) -> None:
+        """Freeze `names` on top of the run's fixed views and let every other backbone learn.
+
+        A staged method may freeze a trained backbone in a later stage (C2F's classroom stage
+        keeps the fine pathway it trained first as the frozen teacher, eq. 4). A frozen
+        backbone gets no gradients and keeps eval-mode BatchNorm. The ImageNet classifier is
+        never trained: kept so the export stays in torchvision layout, and without gradients
+        so DDP sees no parameter that never gets one.
+        """
+        unknown = sorted(set(names) - set(self.views))
+        if unknown:
+            raise ValueError(f"cannot freeze unknown views {unknown}; views are "
+                             f"{sorted(self.views)}")
+        self.frozen = tuple(n for n in self.views if n in set(self.fixed) | set(names))
+        for name, backbone in self.backbones.items():
+            backbone.requires_grad_(name not in self.frozen)
             backbone.head.requires_grad_(False)
-        for name in self.frozen:
-            self.backbones[name].requires_grad_(False)
-            self.backbones[name].eval()
+            if name in self.frozen:
+                backbone.eval()
+            else:
+                backbone.train(self.training)
 
     def train(self, mode: bool = True) -> ClipEncoder:
         super().train(mode)
@@ -195,3 +212,8 @@ class EndToEnd(nn.Module):
                 state: TrainState) -> tuple[MethodOutput, Batch]:
         batch = self.encode(clips, targets, video_ids)
         return self.method(batch, state), batch
+
+    def loss(self, out: MethodOutput, batch: Batch,
+             state: TrainState) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss: the method's own (an end-to-end variant may change a stage's)."""
+        return self.method.loss(out, batch, state)

@@ -41,7 +41,7 @@ def export_backbones(encoder: ClipEncoder, run: str | Path) -> dict[str, Path]:
             "run": str(files.root),
             "run_config_sha256": file_sha256(config) if config.exists() else None,
             "initial_weights": view.weights or RANDOM_INIT,
-            "frozen": name in encoder.frozen,
+            "frozen": name in encoder.fixed,  # never trained in this run (`--freeze`)
         }
         write_text(provenance_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
         paths[name] = path

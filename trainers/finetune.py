@@ -3,7 +3,9 @@
 `finetune(cfg)` trains on one process (the default) or hands the same per-worker loop to
 Ray Train (`cfg.workers > 1` or an `address`, trainers/finetune_ray.py). The loop reads top
 to bottom: data (trainers/clips.py), model (`EndToEnd`: trainers/encoder.py + the method's
-own module), per-part optimiser and schedule (trainers/finetune_optim.py), epochs, the shared
+own module; `END_TO_END` names the methods whose end-to-end model differs: AR-Net's A-1 in
+trainers/finetune_arnet.py, SoF-Net's early stop in trainers/finetune_sofnet.py; the backbones
+a stage freezes come from trainers/finetune_stages.py), per-part optimiser and schedule (trainers/finetune_optim.py), epochs, the shared
 evaluation (`trainers.evaluation.evaluate`, fed batches the encoder computed), checkpoints
 (trainers/checkpoint.py: read with weights_only=True), the test evaluation and the export of
 every trained backbone (trainers/export.py). What the loop needs about a method comes from its
@@ -41,14 +43,23 @@ from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoi
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
 from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
 from trainers.evaluation import evaluate, evaluating, summary
+from trainers.finetune_arnet import BaseModelsFirst
 from trainers.finetune_config import FinetuneConfig
 from trainers.finetune_optim import lr_factor, make_optimizer, param_groups
+from trainers.finetune_sofnet import StopOrForward
+from trainers.finetune_stages import stage_frozen_views
 from trainers.method import Batch, TrainState
 from trainers.methods import load_ref, method_spec
 from trainers.rundir import BEST, LAST, RunDir
 from trainers.train import stage_plan, write_eval
 
 log = logging.getLogger(__name__)
+
+#: methods whose end-to-end model differs from "encoder, then the method": AR-Net trains its
+#: base models first (A-1), SoF-Net's frames stop early in training
+END_TO_END: dict[str, type[EndToEnd]] = {"arnet": BaseModelsFirst,
+                                         "random-policy": BaseModelsFirst,
+                                         "sofnet": StopOrForward}
 
 #: called by every rank after each epoch with (epoch, record, last.pt or None on ranks > 0)
 EpochHook = Callable[[int, dict, Path | None], None]
@@ -121,7 +132,7 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
     cfg.method_config.validate(info)
     method = method_spec(cfg.method).build(cfg.method_config, info)
     encoder.with_stages = bool(method.needs_stages)
-    model = EndToEnd(encoder, method)
+    model = END_TO_END.get(cfg.method, EndToEnd)(encoder, method)
     used = [encoder.views[v] for v in method.required_views]
     sizes = clip_sizes(used)
     return E2ESetup(model, info, classes, sizes, train_videos,
@@ -229,11 +240,14 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             log.info("stopping after %d epochs as asked; re-run to resume", stop_after_epochs)
             return run
         if epoch == start_epoch or plan[epoch] != plan[epoch - 1]:
-            # a staged method (AR-Net A-1 -> A-2 -> A-3) freezes/unfreezes parts per stage;
-            # DDP is rebuilt so it synchronises exactly the parameters that now learn
+            # a staged method (AR-Net A-1 -> A-2 -> A-3, C2F teacher -> classroom) freezes and
+            # unfreezes parts (and backbones) per stage; DDP is rebuilt so it synchronises
+            # exactly the parameters that now learn
             state.stage = plan[epoch]
             if spec.schedule:
                 model.method.configure_stage(state.stage)
+            model.encoder.freeze_for_stage(
+                stage_frozen_views(cfg.method, cfg.method_config, state.stage))
             if world > 1:
                 train_model = torch.nn.parallel.DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -248,7 +262,7 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
             clip = clip.to(device, non_blocking=True)
             t1 = time.perf_counter()
             out, batch = train_model(clip.clips, clip.targets, clip.video_ids, state)
-            loss, parts = model.method.loss(out, batch, state)
+            loss, parts = model.loss(out, batch, state)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad > 0:

@@ -101,10 +101,9 @@ class FinetuneConfig:
         unknown = sorted((set(self.weights) | set(self.freeze) | set(self.tsm)) - set(names))
         if unknown:
             raise ValueError(f"weights/freeze/tsm name unknown views {unknown}; views are {names}")
-        if (self.method == "c2f" and self.method_config.mode == "classroom"
-                and self.method_config.views[-1] not in self.freeze):
-            raise ValueError("C2F classroom distillation (eq. 4) learns from a frozen fine "
-                             f"pathway: add --freeze {self.method_config.views[-1]}")
+        if self.method == "sofnet" and self.tsm:
+            raise ValueError("SoF-Net runs its backbone frame by frame (frames stop early), "
+                             "so a temporal shift across frames (tsm) cannot apply")
         for key in ("frames", "batch_size", "epochs", "workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")

@@ -23,9 +23,10 @@ class Config:
     skips: the M skip lengths F_i, ascending. Default (1, 2); the paper's (1, 2, 4) are for
         16 frames sampled uniformly over a video (sec. 4.1). Why not 4 here: a skip of F drops
         the next F - 1 frames unseen, so on per-second features of untrimmed videos it jumps
-        over class segments shorter than F (tests/test_defaults_measured.py's store, 3-5 frame
-        segments, 4 seeds: with (1, 2, 4) 5-17 of 80 test videos never read one class frame
-        and test mAP varied 0.88-0.96; with (1, 2) 0.94-0.98).
+        over class segments shorter than F (a 400-video version of the store of
+        tests/test_defaults_measured.py, 3-5 frame segments, 4 seeds: with (1, 2, 4) 5-17
+        of 80 test videos never read one class frame and test mAP varied 0.88-0.96; with
+        (1, 2) 0.94-0.98).
     hidden: LSTM hidden units of the policy (paper: 512).
     alpha / beta: weights of the GFLOPs and uniform-usage losses (eq. 12; paper 0.1 / 0.3).
     tau0 / tau_decay: Gumbel temperature tau0 * exp(-tau_decay * epoch) (paper 5 / 0.045).

@@ -39,9 +39,10 @@ class Config:
         the class segment), so a fast rate fits the last frames' noise and memorises the
         training videos (lr 1e-2: train 1.00 / test 0.42 mAP). Why not the plain mean: on
         background-dominated videos the mean is mostly background states, which carry each
-        video's look, so it still memorises (tests/test_defaults_measured.py store, defaults:
-        "mean" test 0.71, train 1.00; "fine" 0.96): the gate already picks the frames worth
-        reading, and reading out only their states is what makes LiteEval beat Uniform-fine.
+        video's look, so it still memorises (a 400-video version of the store of
+        tests/test_defaults_measured.py, defaults: "mean" test 0.71, train 1.00; "fine" 0.96):
+        the gate already picks the frames worth reading, and reading out only their states is
+        what makes LiteEval beat Uniform-fine there.
     """
 
     coarse_view: str = "coarse"

@@ -27,6 +27,8 @@ from trainers.synthetic import VIEWS, load_truth, make_synthetic_store
 from trainers.train import train
 
 LADDER = ("r50_224", "r34_168", "r18_112", "mbv2_84")
+#: the paper's skip lengths (sec. 4.1): the mechanics below are written for L + M = 4 + 3 actions
+PAPER_SKIPS = (1, 2, 4)
 CLASSES = 4
 
 
@@ -102,7 +104,7 @@ def test_gumbel_refuses_non_positive_tau_and_anneals() -> None:
 
 
 def test_cost_table_matches_measured_costs(info: StoreInfo) -> None:
-    model = arnet.build(arnet.Config(hidden=16), info)
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS), info)
     visit = visit_gmacs(model, info)
     expected = [
         visit + info.views[v].gmacs_per_frame + head_gmacs(model, info, i)
@@ -115,7 +117,7 @@ def test_cost_table_matches_measured_costs(info: StoreInfo) -> None:
 
 
 def test_hand_built_decisions_give_expected_gflops_and_prediction(info: StoreInfo) -> None:
-    model = arnet.build(arnet.Config(hidden=16), info).eval()
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS), info).eval()
     batch = make_batch(info, [8])
     L, M = 4, 3
     # r50, skip2 (+1 skipped), mbv2, r34, skip4 (+2 skipped, video ends), r18 would be frame 8
@@ -143,7 +145,7 @@ def test_hand_built_decisions_give_expected_gflops_and_prediction(info: StoreInf
 
 
 def test_skip_jumps_frames_which_cost_nothing(info: StoreInfo) -> None:
-    model = arnet.build(arnet.Config(hidden=16), info).eval()
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS), info).eval()
     force_action(model, 5)  # skip F_1 = 2: this frame and the next
     batch = make_batch(info, [7, 4])
     out = model(batch, TrainState(training=False))
@@ -164,14 +166,16 @@ def test_resolution_only_policy_without_skips(info: StoreInfo) -> None:
 
 def test_random_policy_follows_given_proportions(info: StoreInfo) -> None:
     props = (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)  # always resnet18@112
-    model = arnet.build(arnet.Config(hidden=16, policy="random", random_proportions=props), info)
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS, policy="random",
+                                     random_proportions=props), info)
     out = model(make_batch(info, [6, 3]), TrainState(training=False))
     per_frame = info.views["r18_112"].gmacs_per_frame + head_gmacs(model, info, 2)
     assert out.gflops.tolist() == pytest.approx([6 * per_frame, 3 * per_frame], rel=1e-12)
     assert out.frames_used["mbv2_84"].tolist() == [0, 0]  # no policy network runs
     torch.manual_seed(0)
     mix = (0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0)
-    model = arnet.build(arnet.Config(hidden=16, policy="random", random_proportions=mix), info)
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS, policy="random",
+                                     random_proportions=mix), info)
     codes = model(make_batch(info, [64] * 32), TrainState(training=False)).decisions
     share = (codes == 0).float().mean().item()
     print(f"share of r50 under a 50/50 r50/skip1 random policy: {share:.3f}")
@@ -185,7 +189,7 @@ def test_random_policy_follows_given_proportions(info: StoreInfo) -> None:
 def test_schedule_stage_freezes_what_it_should(
     info: StoreInfo, stage: str, policy_learns: bool
 ) -> None:
-    model = arnet.build(arnet.Config(hidden=16), info)
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS), info)
     model.configure_stage(stage)
     state = TrainState(stage=stage, epoch=1)
     batch = make_batch(info, [10, 8, 9])
@@ -229,7 +233,7 @@ def test_config_refuses_bad_values(info: StoreInfo, change: dict, message: str) 
 
 
 def test_expected_frame_gmacs_counts_frames_consumed_by_skips(info: StoreInfo) -> None:
-    model = arnet.build(arnet.Config(hidden=16, policy="random"), info)
+    model = arnet.build(arnet.Config(hidden=16, skips=PAPER_SKIPS, policy="random"), info)
     r50 = model.action_gmacs[0].item()
     # half the decisions take r50 (1 frame), half skip 4 frames: 1 r50 frame in 5
     assert model.expected_frame_gmacs([0.5, 0, 0, 0, 0, 0, 0.5]) == pytest.approx(r50 / 5)
@@ -249,17 +253,19 @@ def test_learned_policy_beats_random_policy_at_equal_or_lower_gflops(tmp_path) -
                        batch_size=32, lr=ARNET_RUN["lr"], seed=0, method_config=cfg)
         return json.loads((train(rc) / "eval.json").read_text())
 
-    learned = run("arnet", arnet.Config(hidden=32))
+    learned = run("arnet", arnet.Config(hidden=32, skips=PAPER_SKIPS))
     lines = (tmp_path / "arnet" / "predictions.jsonl").read_text().splitlines()
     shares = arnet.action_shares([json.loads(ln)["decisions"] for ln in lines], 7)
     target = 1.05 * learned["gflops_per_frame_mean"]
-    table = arnet.build(arnet.Config(hidden=32, policy="random"), _store_info(store))
+    table = arnet.build(arnet.Config(hidden=32, skips=PAPER_SKIPS, policy="random"),
+                        _store_info(store))
     props = list(shares)
     while table.expected_frame_gmacs(props) < target and props[3] > 0:
         moved = min(0.01, props[3])
         props[3] -= moved
         props[0] += moved
-    random = run("random", arnet.Config(hidden=32, policy="random", random_proportions=props))
+    random = run("random", arnet.Config(hidden=32, skips=PAPER_SKIPS, policy="random",
+                                        random_proportions=props))
     print(f"AR-Net learned: mAP {learned['mAP']:.3f} at {learned['gflops_mean']:.2f} "
           f"GFLOPs/video, shares {[round(s, 3) for s in shares]}; random policy with shares "
           f"{[round(s, 3) for s in props]}: mAP {random['mAP']:.3f} at "

@@ -1,75 +1,169 @@
-"""Measured: default settings train on stores whose features are 0.1x, 1x or 10x the usual
-scale, and validation (carved from train: these stores have no val split) predicts test.
+"""Measured (issue 8): Uniform, LiteEval and AR-Net trained with their default settings on
+realistic generated stores whose features are 0.1x, 1x or 10x the usual scale.
 
-Stores: trainers.synthetic REALISTIC (background-dominated videos, short class segments,
-group-level coarse evidence, a per-video look, no val split), shrunk to 8 classes and 24-40
-frames to fit the test budget. Every run prints its figures (run with -s to see them).
+What is asserted is the issue's "Measured, not assumed" list: defaults learn at every scale
+(within 2 mAP points of each other); defaults are within 2 test-mAP points of the best of a
+small learning-rate sweep (lr x 0.3, 1, 3); LiteEval is within 2 points of Uniform-fine at no
+more than 40% of its GFLOPs; LiteEval's fine usage rises with gamma; AR-Net's learned policy
+beats its random policy and does not collapse onto one view; no run's test mAP is more than
+10 points below its validation mAP (validation carved from train: these stores have no val
+split). Every test prints its figures (run with -s to see them).
+
+Stores: trainers.synthetic REALISTIC (background-dominated videos, 15% class segments,
+group-level coarse evidence, a per-video look, no val split), shrunk to 8 classes, 560 videos
+(112 test: fewer made AR-Net's test mAP move by 4 points between equally good runs) and 20-32
+frames to fit the budget; models are narrowed (hidden sizes), everything else is the method's
+defaults. AR-Net reads views fine + coarse, the two-view setting in
+which issue 8 saw its policy collapse. Runs are shared by the whole module (`runs`).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from trainers.arnet import action_shares
 from trainers.config import resolve_config
+from trainers.methods import method_spec
 from trainers.synthetic import REALISTIC, make_synthetic_store
 from trainers.train import train
 
 SCALES = (0.1, 1.0, 10.0)
+LR_FACTORS = (0.3, 1.0, 3.0)
+GAMMAS = (0.05, 0.3, 0.6)  # LiteEval's default gamma first
+#: name -> (method, the sets that narrow it or pick its views; nothing else is changed)
+METHODS = {
+    "uniform": ("uniform", ("view=fine",)),
+    "liteeval": ("liteeval", ("coarse_hidden=32", "fine_hidden=64")),
+    "arnet": ("arnet", ("views=fine,coarse", "hidden=64")),
+}
+#: val_fraction=0.2 only sizes the carved validation set (88 videos instead of 44), so that the
+#: best-epoch validation mAP is not mostly selection noise
+VAL = "val_fraction=0.2"
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory):
+def stores(tmp_path_factory) -> dict[float, Path]:
     root = tmp_path_factory.mktemp("measured")
-    opts = REALISTIC | {"classes": 8, "frames": (24, 40), "informative": 0.15}
-    return {s: make_synthetic_store(root / f"x{s}", videos=240, seed=11, scale=s, **opts)
+    opts = REALISTIC | {"classes": 8, "frames": (20, 32), "informative": 0.15}
+    return {s: make_synthetic_store(root / f"x{s}", videos=560, seed=11, scale=s, **opts)
             for s in SCALES}
 
 
-def run_default(method: str, store, out, *sets: str) -> dict:
-    """Train with the method's defaults (only the sets given) and return eval.json + val.
-
-    val_fraction=0.2 only sizes the carved validation set (about 38 videos instead of 19), so
-    that best-epoch validation mAP is not mostly selection noise."""
-    cfg = resolve_config(method, sets=["val_fraction=0.2", *sets], store=str(store),
-                         out=str(out))
-    run = train(cfg)
-    result = json.loads((run / "eval.json").read_text())
-    epochs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    result["best_val_mAP"] = max(r["val_mAP"] for r in epochs if r["kind"] == "epoch")
-    return result
-
-
 @pytest.fixture(scope="module")
-def uniform_runs(stores, tmp_path_factory):
-    """Uniform-fine with its defaults at every scale, trained once for the module."""
-    root = tmp_path_factory.mktemp("uniform_runs")
-    return {s: run_default("uniform", stores[s], root / f"u{s}", "view=fine") for s in SCALES}
+def runs(stores, tmp_path_factory):
+    """run(name, scale=1.0, *sets) -> eval.json + best validation mAP, trained once per module.
+
+    `name` is a key of METHODS (or "random-policy"); sets come after the method's own."""
+    root = tmp_path_factory.mktemp("measured_runs")
+    done: dict[tuple, dict] = {}
+
+    def run(name: str, scale: float = 1.0, *sets: str) -> dict:
+        key = (name, scale, *sets)
+        if key not in done:
+            method, own = METHODS[name] if name in METHODS else (name, METHODS["arnet"][1])
+            out = root / f"run{len(done):02d}"
+            cfg = resolve_config(method, sets=[VAL, *own, *sets], store=str(stores[scale]),
+                                 out=str(out))
+            path = train(cfg)
+            result = json.loads((path / "eval.json").read_text())
+            epochs = [json.loads(ln) for ln in (path / "metrics.jsonl").read_text().splitlines()]
+            result["best_val_mAP"] = max(r["val_mAP"] for r in epochs if r["kind"] == "epoch")
+            result["run"], result["lr"] = path, cfg.lr
+            done[key] = result
+        return done[key]
+
+    run.done = done
+    return run
 
 
-def test_uniform_defaults_learn_at_every_feature_scale(uniform_runs):
-    results = uniform_runs
+def show(label: str, r: dict) -> str:
+    return (f"{label}: test mAP {100 * r['mAP']:.1f} (val {100 * r['best_val_mAP']:.1f}), "
+            f"{r['gflops_mean']:.1f} GFLOPs/video, fine usage {r['fine_usage_mean']:.2f}")
+
+
+#: measured, not met (issue 8 stays open): LiteEval's test mAP at 0.1x / 1x / 10x was 96.1 /
+#: 96.2 / 93.5. Standardisation makes the inputs equal up to float16 rounding (Uniform: 72.0 at
+#: every scale), but the hard Gumbel gate turns those differences into different decisions
+#: during training, as a different seed would; AR-Net with skips (1, 2) stays within 0.8.
+LITEEVAL_SCALE_NOT_MET = pytest.mark.xfail(
+    strict=True, reason="LiteEval 10x scale run 2.7 mAP points below 1x (seed-like spread)")
+
+
+@pytest.mark.parametrize("name", [n if n != "liteeval" else
+                                  pytest.param(n, marks=LITEEVAL_SCALE_NOT_MET)
+                                  for n in METHODS])
+def test_defaults_learn_at_every_feature_scale(runs, name):
+    results = {s: runs(name, s) for s in SCALES}
     for s, r in results.items():
-        print(f"\nuniform-fine, defaults, features x{s}: test mAP {100 * r['mAP']:.1f}, "
-              f"val mAP {100 * r['best_val_mAP']:.1f}")
-    for s in (0.1, 10.0):
-        assert abs(results[s]["mAP"] - results[1.0]["mAP"]) <= 0.02
-    for r in results.values():
-        assert r["mAP"] > 0.5  # chance is 1/8
-        assert r["best_val_mAP"] - r["mAP"] <= 0.10
+        label = f"{name}, defaults, features x{s}"
+        print(f"\n{show(label, r)}", end="")
+    maps = [r["mAP"] for r in results.values()]
+    assert max(maps) - min(maps) <= 0.02
+    assert min(maps) > 0.5  # chance is about 1/8
 
 
-def test_liteeval_defaults_train_the_same_at_small_and_large_scale(stores, uniform_runs,
-                                                                   tmp_path):
-    uniform = uniform_runs[1.0]
-    results = {}
-    for s in (0.1, 10.0):
-        r = results[s] = run_default("liteeval", stores[s], tmp_path / f"l{s}",
-                                     "coarse_hidden=32", "fine_hidden=64", "gamma=0.3")
-        share = r["gflops_mean"] / uniform["gflops_mean"]
-        print(f"\nLiteEval, defaults, features x{s}: test mAP {100 * r['mAP']:.1f} (val "
-              f"{100 * r['best_val_mAP']:.1f}) at {100 * share:.0f}% of uniform-fine's GFLOPs "
-              f"(fine usage {r['fine_usage_mean']:.2f}); uniform-fine {100 * uniform['mAP']:.1f}")
-        assert r["mAP"] > 0.5 and share <= 0.6  # chance is 1/8
-    assert abs(results[0.1]["mAP"] - results[10.0]["mAP"]) <= 0.02
+@pytest.mark.parametrize("name", list(METHODS))
+def test_defaults_within_two_points_of_a_learning_rate_sweep(runs, name):
+    default_lr = dict(method_spec(METHODS[name][0]).run_defaults).get("lr", 1e-3)
+    sweep = {f: runs(name, 1.0, *([f"lr={f * default_lr:g}"] if f != 1.0 else []))
+             for f in LR_FACTORS}
+    for f, r in sweep.items():
+        label = f"{name}, lr {r['lr']:g} (x{f})"
+        print(f"\n{show(label, r)}", end="")
+    best = max(r["mAP"] for r in sweep.values())
+    assert sweep[1.0]["mAP"] >= best - 0.02
+
+
+def test_liteeval_within_two_points_of_uniform_fine_at_40_percent_of_its_gflops(runs):
+    lite, uniform = runs("liteeval"), runs("uniform")
+    share = lite["gflops_mean"] / uniform["gflops_mean"]
+    print(f"\n{show('LiteEval', lite)}\n{show('Uniform-fine', uniform)}\nLiteEval at "
+          f"{100 * share:.0f}% of Uniform-fine's GFLOPs")
+    assert lite["mAP"] >= uniform["mAP"] - 0.02
+    assert share <= 0.40
+
+
+def test_liteeval_fine_usage_rises_with_gamma(runs):
+    usage = {g: runs("liteeval", 1.0, *([f"gamma={g}"] if g != GAMMAS[0] else []))
+             for g in GAMMAS}
+    for g, r in usage.items():
+        label = f"LiteEval, gamma {g}"
+        print(f"\n{show(label, r)}", end="")
+    fine = [usage[g]["fine_usage_mean"] for g in GAMMAS]
+    assert fine == sorted(fine) and len(set(fine)) == len(fine)
+
+
+def test_arnet_learned_policy_beats_random_and_uses_every_view(runs):
+    """Random policy: same classifiers and defaults, actions drawn with the learned policy's
+    own decision shares (trainers.arnet.action_shares), so it spends about the same compute."""
+    learned = runs("arnet")
+    lines = (learned["run"] / "predictions.jsonl").read_text().splitlines()
+    skips = len(method_spec("arnet").default_config().skips)
+    shares = action_shares([json.loads(ln)["decisions"] for ln in lines], 2 + skips)
+    props = ",".join(f"{p:.4f}" for p in shares)
+    random = runs("random-policy", 1.0, f"random_proportions={props}")
+    view_share = {v: n / learned["frames_mean"] for v, n in learned["frames_used_mean"].items()}
+    rounded = {v: round(s, 3) for v, s in view_share.items()}
+    print(f"\n{show('AR-Net learned', learned)}, share of frames per view {rounded}, action "
+          f"shares {[round(s, 3) for s in shares]}\n{show('AR-Net random policy', random)}")
+    assert learned["mAP"] > random["mAP"] + 0.10
+    assert set(view_share) == {"fine", "coarse"}
+    assert min(view_share.values()) >= 0.05  # no view left unused (issue 8: fine usage 0.000)
+
+
+def test_no_run_tests_more_than_10_points_below_its_validation(runs):
+    """Every run of the three methods this module trained (at least the default runs).
+
+    Not the random-policy baseline: it draws its actions anew at every evaluation, so its
+    best-epoch validation mAP is the best of 10 random draws (measured: val 46.2, test 26.8)."""
+    for name in METHODS:
+        for s in SCALES:
+            runs(name, s)
+    checked = {k: r for k, r in runs.done.items() if k[0] in METHODS}
+    print()
+    for key, r in checked.items():
+        print(f"{key}: val {100 * r['best_val_mAP']:.1f}, test {100 * r['mAP']:.1f}")
+    assert all(r["best_val_mAP"] - r["mAP"] <= 0.10 for r in checked.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import types
 
 import numpy as np
 import pytest
@@ -89,6 +90,19 @@ def test_sync_carries_coarse_information_when_no_fine_frame_is_read(cell):
         a = model(batch, TrainState(training=False)).logits
         b = model(other, TrainState(training=False)).logits
         assert torch.allclose(a, b) == no_sync
+
+
+def test_fine_readout_averages_the_states_of_the_frames_read():
+    """readout="fine": mean of h^f_t over the frames whose fine feature was read (B_t = 1),
+    the plain mean of all steps until the first read; "mean" averages every valid step."""
+    states = [torch.full((1, 2), float(t)) for t in range(4)]
+    mask, read = torch.ones(1, 4), torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    stub = types.SimpleNamespace(cfg=liteeval.Config(readout="fine"))
+    fine = liteeval.LiteEval._running_readout(stub, states, mask, read)
+    assert fine[0, :, 0].tolist() == [0.0, 1.0, 1.0, 2.0]
+    stub.cfg = liteeval.Config(readout="mean")
+    mean = liteeval.LiteEval._running_readout(stub, states, mask, read)
+    assert mean[0, :, 0].tolist() == [0.0, 0.5, 1.0, 1.5]
 
 
 def test_padding_does_not_change_a_video_prediction():

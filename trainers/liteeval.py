@@ -4,7 +4,9 @@ A coarse RNN reads cheap features of every frame (eq. 1); a one-layer gate looks
 feature and the fine RNN's previous state and decides whether this frame is worth the expensive
 fine feature (eq. 2); the fine RNN reads [coarse, fine] only on those frames (eq. 3-4) and, when
 the gate skips, takes a copy of the coarse state in its first D^c units so that it always knows
-everything seen so far (eq. 5); the video is classified from the fine state (eq. 6). Training
+everything seen so far (eq. 5); the video is classified from the fine state (eq. 6; by
+default from the mean of the fine states at the frames the gate read, `readout` in
+trainers/configs/liteeval.py says why). Training
 minimises cross-entropy plus lambda * (fraction of fine frames - gamma)^2 (eq. 7) through a
 straight-through Gumbel-softmax gate whose temperature is annealed from high to low (eq. 8-9);
 at test time the gate takes the argmax. `gate="reinforce"` is LiteEval-RL (Table 1): the same
@@ -108,6 +110,24 @@ class LiteEval(nn.Module):
         action = dist.sample()
         return action.float(), dist.log_prob(action)
 
+    def _running_readout(self, fine_states: list[torch.Tensor], step_mask: torch.Tensor,
+                         gate_t: torch.Tensor) -> torch.Tensor:
+        """Running readout [B, T, D^f] at every step (the last valid one classifies the video).
+
+        "mean": mean of h^f_t over the valid steps so far: the loss reaches every step's state
+        directly, not only through the last frames. "fine": mean of h^f_t over the steps whose
+        fine feature was read (weights B_t, straight-through), the plain mean until the first
+        one: background frames that the gate skipped do not dilute the video's state.
+        """
+        states = torch.stack(fine_states, dim=1)
+        seen = step_mask.cumsum(dim=1)
+        running = (states * step_mask.unsqueeze(2)).cumsum(dim=1) / seen.clamp_min(1.0)[..., None]
+        if self.cfg.readout == "mean":
+            return running
+        read = gate_t.cumsum(dim=1)
+        weighted = (states * gate_t.unsqueeze(2)).cumsum(dim=1) / read.clamp_min(1.0)[..., None]
+        return torch.where((read.detach() > 0).unsqueeze(2), weighted, running)
+
     def forward(self, batch: Batch, state: TrainState) -> MethodOutput:
         vc = batch.features[self.cfg.coarse_view]
         vf = batch.features[self.cfg.fine_view]
@@ -128,7 +148,7 @@ class LiteEval(nn.Module):
         valid_steps = batch.mask.unsqueeze(2).unbind(1)
         fine = self._state(bsz, self.cfg.fine_hidden, vc)
         gates, log_probs, fine_states = [], [], []
-        keep_steps = not (state.training and self.training) or self.cfg.readout == "mean"
+        keep_steps = not (state.training and self.training) or self.cfg.readout != "last"
         for t in range(steps):
             valid = valid_steps[t]
             gate_logits = gate_coarse[t] + torch.matmul(fine[0], gate_hidden)  # eq. 2
@@ -146,18 +166,14 @@ class LiteEval(nn.Module):
             if keep_steps:
                 fine_states.append(fine[0])
         step_mask = batch.mask.to(vc.dtype)
-        if self.cfg.readout == "mean":
-            # mean of h^f_t over valid steps (running mean for the online curve): the loss
-            # reaches every step's state directly, not only through the last frames
-            states = torch.stack(fine_states, dim=1) * step_mask.unsqueeze(2)
-            seen = step_mask.cumsum(dim=1).clamp_min(1.0).unsqueeze(2)
-            running = states.cumsum(dim=1) / seen
+        gate_t = torch.stack(gates, dim=1) * step_mask  # B_t, differentiable (straight-through)
+        if self.cfg.readout in ("mean", "fine"):
+            running = self._running_readout(fine_states, step_mask, gate_t)
             last = (batch.lengths - 1).clamp_min(0)
             video_state = running[torch.arange(bsz, device=vc.device), last]
         else:
             video_state = fine[0]  # eq. 6 at the last valid step
         logits = self.classifier(self.drop(video_state))
-        gate_t = torch.stack(gates, dim=1) * step_mask  # B_t, differentiable (straight-through)
         decisions = torch.where(batch.mask, gate_t.detach().round().long(), -1)
         lengths = batch.lengths.to(vc.dtype)
         n_fine = (decisions == 1).sum(dim=1)
@@ -172,7 +188,7 @@ class LiteEval(nn.Module):
         }
         if not (state.training and self.training):
             extras["step_logits"] = self.classifier(
-                running if self.cfg.readout == "mean" else torch.stack(fine_states, dim=1))
+                running if self.cfg.readout != "last" else torch.stack(fine_states, dim=1))
         if self.uniform_head is not None:
             extras["uniform_frame_logits"] = self.uniform_head(vf.detach())
         return MethodOutput(

@@ -22,9 +22,10 @@ the driver keeps an explicit, bounded queue and knows which shard every batch be
 * Writing: when a shard's last batch is back, a CPU task writes its part (same writer as the
   in-process path) under a temporary name and renames it.
 
-Failures: a decode or writer task that raises fails its shard only; a worker that dies is
-retried up to `max_retries` times (Ray task retries; actor restarts, which rebuild the models);
-then the shard is failed with the reason and the run goes on. Finished parts are skipped.
+Failures: attempts are counted per shard by the driver (`PoolRun`): a shard whose code raised
+fails at once; one that lost a worker, its node or an object starts again from decoding, at most
+`max_retries` times, then is failed with the reason; the run goes on. Finished parts are
+skipped.
 """
 
 from __future__ import annotations
@@ -213,11 +214,12 @@ class FeatureWorker:
 # ----------------------------------------------------------------------------- write (CPU)
 
 
-def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
-    """Fetch a shard's batch outputs (refs, so they travel from the actors straight here, not
-    through the driver), split them back into videos and write the part atomically."""
-    import ray
+def write_part(plan: Any, layout: dict, started: float, *outputs: BatchOutputs) -> Any:
+    """Split a shard's batch outputs back into videos and write the part atomically.
 
+    The outputs arrive as task arguments (refs resolved by Ray, so they travel from the actors
+    straight here, not through the driver); a batch that failed or was lost with its node fails
+    this task before it starts, and the driver decides whether that is worth another attempt."""
     from pipeline.devices import visible_gpu_ids
     from pipeline.extract import (
         ExtractResult,
@@ -230,10 +232,10 @@ def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
     done = finished_part(extract, time.perf_counter())
     if done is not None:  # an earlier attempt (restarted after a stall) finished it
         return done
-    outputs: list[BatchOutputs] = sorted(ray.get(refs), key=lambda o: o.chunk)
-    videos = {pos: (key, meta) for o in outputs for pos, key, meta in o.videos}
+    ordered = sorted(outputs, key=lambda o: o.chunk)
+    videos = {pos: (key, meta) for o in ordered for pos, key, meta in o.videos}
     pieces: dict[int, list[tuple[BatchOutputs, int, int]]] = {}
-    for o in outputs:
+    for o in ordered:
         offset = 0
         for pos, count in o.spans:
             pieces.setdefault(pos, []).append((o, offset, count))
@@ -261,22 +263,52 @@ def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
 # ---------------------------------------------------------------------------------- driver
 
 
+def system_failure(ray: Any, exc: BaseException) -> bool:
+    """True when `exc` is Ray's, not the plan's: a dead worker or actor, a lost node or object,
+    also when it reached a later stage as an argument (wrapped in a RayTaskError). Such a
+    failure is worth another attempt; an exception the code raised would recur."""
+    while isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        if not isinstance(cause, ray.exceptions.RayError):
+            return False
+        exc = cause
+    return isinstance(exc, ray.exceptions.RayError)
+
+
 @dataclass
 class _Shard:
+    """A shard's progress through the pipeline in its current attempt."""
+
     position: int
     plan: Any
     started: float
     generator: Any = None
     decoded: bool = False
-    sent: int = 0
+    on_workers: int = 0  # batches sent to a worker and not back yet
     outputs: list = field(default_factory=list)
     failed: str | None = None
-    queued: bool = False  # handed to its writer task
     restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return getattr(self.plan, "extract", self.plan).part
+
+    def reset(self) -> None:
+        """Forget the current attempt's work: the shard starts again from decoding."""
+        self.generator, self.decoded, self.on_workers, self.outputs = None, False, 0, []
 
 
 class PoolRun:
-    """One run of plans through the pipeline; `run()` returns results in plan order."""
+    """One run of plans through the pipeline; `run()` returns results in plan order.
+
+    Retries are the driver's, per shard, not Ray's: decode tasks, worker calls and writer tasks
+    are not retried by Ray (an actor is restarted, its calls in flight fail). A shard whose
+    stage failed for a system reason (`system_failure`) starts again from decoding, at most
+    `max_retries` times; one whose code raised fails at once. Ray's own re-execution is kept
+    out because it hung under node loss: a lost batch was rebuilt by re-running its streaming
+    decode task, which then waited under generator backpressure for a consumer that had
+    already taken those items.
+    """
 
     def __init__(self, plans: Sequence[Any], settings: PoolSettings,
                  on_result: Callable[[Any], None] | None = None) -> None:
@@ -290,19 +322,21 @@ class PoolRun:
         self.failures: list[TaskFailure] = []
         self.worker_stats: list[dict] = []
         self.batches_done = 0
+        self.restarted = 0
         self._clock_start = time.monotonic()
         self._last_line = self._clock_start
         first = getattr(self.plans[0], "extract", self.plans[0])
         self.first = first
         s = settings
         self._decode = ray.remote(
-            num_cpus=s.decode_cpus, num_returns="streaming", max_retries=s.max_retries,
-            retry_exceptions=False, _generator_backpressure_num_objects=s.prefetch,
+            num_cpus=s.decode_cpus, num_returns="streaming", max_retries=0,
+            _generator_backpressure_num_objects=s.prefetch,
         )(decode_chunks)
-        self._write = ray.remote(num_cpus=1, max_retries=s.max_retries,
-                                 retry_exceptions=False)(write_part)
+        self._write = ray.remote(num_cpus=1, max_retries=0)(write_part)
+        # max_restarts=-1: a worker lost with its node comes back (models rebuilt) for the
+        # shards still to do; the attempts that are bounded are each shard's.
         actor = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker,
-                           max_restarts=s.max_retries, max_task_retries=s.max_retries)
+                           max_restarts=-1, max_task_retries=0)
         self._actor_class = actor(FeatureWorker)
 
     def run(self) -> list[Any]:
@@ -341,18 +375,42 @@ class PoolRun:
     def _fail(self, shard: _Shard, reason: str, died: bool) -> None:
         if shard.failed is None:
             shard.failed = reason
-            attempts = self.settings.max_retries + 1 if died else 1
-            self.failures.append(TaskFailure(shard.position, shard.plan, reason, attempts, died))
-            log.error("%s failed: %s", getattr(shard.plan, "extract", shard.plan).part, reason)
+            self.failures.append(TaskFailure(shard.position, shard.plan, reason,
+                                             shard.restarts + 1, died))
+            log.error("%s failed: %s", shard.name, reason)
+
+    def _retry(self, shard: _Shard, reason: str, queue: list[_Shard]) -> None:
+        """Start a shard again from decoding, or fail it once its attempts are spent."""
+        if shard.restarts >= self.settings.max_retries:
+            self._fail(shard, reason, True)
+            return
+        shard.restarts += 1
+        self.restarted += 1
+        log.warning("%s: attempt %d of %d after: %s", shard.name, shard.restarts + 1,
+                    self.settings.max_retries + 1, reason)
+        shard.reset()
+        queue.insert(0, shard)
+
+    def _layout(self, actors: list) -> dict:
+        """The store layout from a worker's models; a worker lost meanwhile is waited for."""
+        ray = self.ray
+        for attempt in range(self.settings.max_retries + 1):
+            try:
+                # Decode tasks decode JPEGs with Pillow whatever --jpeg-decoder says (DALI's
+                # nvJPEG belongs on the GPU workers, not here); the store records that.
+                return ray.get(actors[0].layout.remote("pillow"), timeout=self.settings.stall_s)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                if not system_failure(ray, exc) or attempt == self.settings.max_retries:
+                    raise
+                log.warning("backbone worker lost before its first batch (%s); waiting", exc)
+        raise AssertionError("unreachable")
 
     def _pipeline(self, todo: list[_Shard]) -> None:
         ray, s = self.ray, self.settings
         f = self.first
         actors = [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
                   for _ in range(s.pool_size)]
-        # Decode tasks decode JPEGs with Pillow whatever --jpeg-decoder says (DALI's nvJPEG
-        # belongs on the GPU workers, not here); the store records what was really used.
-        layout = ray.get(actors[0].layout.remote("pillow"))
+        layout = self._layout(actors)
         load = {i: 0 for i in range(len(actors))}
         queue = list(todo)
         decoding: dict[Any, _Shard] = {}
@@ -369,8 +427,11 @@ class PoolRun:
                 waitables = list(inflight) + list(writing)
                 if len(inflight) < capacity:
                     waitables += list(decoding)
-                ready, _ = ray.wait(waitables, num_returns=1, timeout=STAGE_LINE_S)
-                if not ready:  # a stall (e.g. waiting for a lost node's work) says so
+                # fetch_local=False: outputs go from the workers to the writer tasks; the
+                # driver only needs to know they exist.
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=STAGE_LINE_S,
+                                    fetch_local=False)
+                if not ready:  # a stall (e.g. waiting for a new node) says so
                     log.info("waiting: %d shard(s) decoding, %d batch(es) on workers, %d "
                              "part(s) writing", len(decoding), len(inflight), len(writing))
                     if time.monotonic() - last_event > s.stall_s:
@@ -381,35 +442,51 @@ class PoolRun:
                 last_event = time.monotonic()
                 for ref in ready:
                     if ref in decoding:
-                        self._next_batch(decoding, ref, actors, load, inflight)
+                        shard = self._next_batch(decoding, ref, actors, load, inflight)
                     elif ref in inflight:
                         shard, actor = inflight.pop(ref)
                         load[actor] -= 1
+                        shard.on_workers -= 1
                         shard.outputs.append(ref)  # errors surface in its writer task
                         self.batches_done += 1
                         self._stage_line(len(decoding), len(inflight), len(writing))
                     else:
                         shard = writing.pop(ref)
-                        try:
-                            self._finish(shard.position, ray.get(ref))
-                        except ray.exceptions.RayError as exc:
-                            self._fail(shard, str(exc), _died(ray, exc))
-                    for shard in self._complete(todo, decoding, inflight, writing):
-                        writing[self._write.remote(shard.plan, layout, shard.outputs,
-                                                   shard.started)] = shard
-            self.worker_stats = ray.get([a.stats.remote() for a in actors])
+                        self._written(shard, ref, queue)
+                        continue
+                    if shard is not None and shard.decoded and not shard.on_workers:
+                        writing[self._write.remote(shard.plan, layout, shard.started,
+                                                   *shard.outputs)] = shard
+            self.worker_stats = self._stats(actors)
         finally:
             for a in actors:
                 ray.kill(a)
 
-    def _restart(self, actors, queue, decoding, inflight, writing) -> list:
-        """Start the shards in progress again with fresh workers, after a stall.
+    def _written(self, shard: _Shard, ref: Any, queue: list[_Shard]) -> None:
+        ray = self.ray
+        try:
+            self._finish(shard.position, ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            if system_failure(ray, exc):
+                self._retry(shard, str(exc).strip().splitlines()[-1], queue)
+            else:
+                self._fail(shard, str(exc), False)
 
-        Measured on a Cluster: when a node dies, a batch whose decode task ran there can stay
-        pending forever (the retried worker call waits for an object whose producer is itself
-        waiting, under generator backpressure, for the driver). Parts already written are
-        kept; each restart counts as an attempt of every shard in progress.
-        """
+    def _stats(self, actors: list) -> list[dict]:
+        """Each worker's stats; a worker that does not answer in time is left out (logged)."""
+        ray, stats = self.ray, []
+        for i, a in enumerate(actors):
+            try:
+                stats.append(ray.get(a.stats.remote(), timeout=STAGE_LINE_S))
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                log.warning("worker %d gave no stats: %s", i, exc)
+        return stats
+
+    def _restart(self, actors, queue, decoding, inflight, writing) -> list:
+        """Start the shards in progress again with fresh workers, after nothing finished for
+        `stall_s` (a guard against hangs not seen in tests; a node loss is handled without
+        it). Parts already written are kept; each restart counts as an attempt of every shard
+        in progress."""
         ray, s = self.ray, self.settings
         stalled = list({id(x): x for x in [*decoding.values(), *writing.values(),
                                             *(sh for sh, _ in inflight.values())]}.values())
@@ -424,14 +501,7 @@ class PoolRun:
             ray.kill(a)
         decoding.clear(), inflight.clear(), writing.clear()
         for shard in sorted(stalled, key=lambda x: x.position, reverse=True):
-            shard.restarts += 1
-            if shard.restarts > s.max_retries:
-                self._fail(shard, f"no progress for {s.stall_s:g} s, {shard.restarts} times",
-                           True)
-                continue
-            shard.generator, shard.decoded, shard.sent = None, False, 0
-            shard.outputs, shard.queued = [], False
-            queue.insert(0, shard)
+            self._retry(shard, f"no progress for {s.stall_s:g} s", queue)
         f = self.first
         return [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
                 for _ in range(len(actors))]
@@ -447,36 +517,21 @@ class PoolRun:
                  "%d queued | writing %d part(s)", decoding, self.batches_done, rate, inflight,
                  writing)
 
-    def _next_batch(self, decoding, gen, actors, load, inflight) -> None:
+    def _next_batch(self, decoding, gen, actors, load, inflight) -> _Shard:
+        """Hand the decoder's next batch to the least loaded worker; at the end of its
+        batches, mark the shard decoded."""
         shard = decoding[gen]
         try:
             ref = next(gen)
         except StopIteration:
             shard.decoded = True
             del decoding[gen]
-            return
-        if shard.failed is not None:
-            return
+            return shard
         actor = min(load, key=load.get)
         load[actor] += 1
-        shard.sent += 1
-        out = actors[actor].forward.remote(ref)
-        inflight[out] = (shard, actor)
-
-    def _complete(self, todo, decoding, inflight, writing) -> list[_Shard]:
-        """Shards whose decoding ended and whose batches are all back: ready to write."""
-        busy = {id(s) for s, _ in inflight.values()}
-        ready = []
-        for shard in todo:
-            if shard.decoded and not shard.queued and shard.failed is None and id(
-                    shard) not in busy:
-                shard.queued = True
-                ready.append(shard)
-        return ready
-
-
-def _died(ray: Any, exc: Exception) -> bool:
-    return not isinstance(exc, ray.exceptions.RayTaskError)
+        shard.on_workers += 1
+        inflight[actors[actor].forward.remote(ref)] = (shard, actor)
+        return shard
 
 
 def run_pool(plans: Sequence[Any], settings: PoolSettings, *, mode: str = "local",

@@ -28,6 +28,7 @@ from ray.cluster_utils import Cluster
 
 from cluster.cli import main as c2f
 from cluster.executor import RunError, run_plans
+from cluster.gpu_pool import system_failure
 from cluster.resources import (
     ClusterResourceError,
     TaskResources,
@@ -71,6 +72,15 @@ def test_reservations_follow_the_device_and_impossible_ones_are_refused() -> Non
     check_fits(no_gpu, no_gpu, TaskResources(1, 0))  # CPU-only stages need no GPU
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(1, 0.5)) == 4
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(2, 0)) == 8
+
+
+def test_only_failures_of_ray_itself_earn_a_shard_another_attempt() -> None:
+    crashed = ray.exceptions.WorkerCrashedError()
+    assert system_failure(ray, crashed) and system_failure(ray, ray.exceptions.ActorDiedError())
+    # A lost batch reaches the writer task as its argument: still Ray's failure.
+    assert system_failure(ray, ray.exceptions.RayTaskError("write_part", "tb", crashed))
+    assert not system_failure(ray, ray.exceptions.RayTaskError("decode", "tb", ValueError("x")))
+    assert not system_failure(ray, ValueError("x"))
 
 
 # ------------------------------------------------------------------------ the shared cluster
@@ -272,5 +282,33 @@ def test_driver_killed_mid_build_then_worker_pool_redoes_only_what_is_missing(
     workers = [line for line in printed.splitlines() if line.startswith("[c2f] worker")]
     assert len(workers) == 2 and all("1 model builds" in line for line in workers), printed
     assert {line.split("GPUs ")[1][0] for line in workers} == {"0", "1"}
+    assert not (out / "store" / "failures.parquet").exists()
+    assert_same_outputs(out, reference, exact=False)
+
+
+@pytest.mark.slow
+def test_pool_build_survives_losing_its_gpu_node(gpu_cluster, poisoned_manifest, reference,
+                                                 tmp_path, capsys, caplog):
+    """`c2f build --pool`: the only worker node (its backbone worker, decode and writer tasks)
+    removed without grace while shard 0's batches are on the worker, then a new node added;
+    the run ends by itself (no stall restart: that waits 600 s) with the shards in progress
+    done again and every part equal to the in-process run's."""
+    out = tmp_path / "run"
+    args = ["build", "--manifest", str(poisoned_manifest), "--shards-out", str(out / "shards"),
+            "--out", str(out / "store"), *BUILD_ARGS, "--address", gpu_cluster.address,
+            "--pool", "1", "--gpus-per-worker", "1", "--cpus-per-worker", "0.5",
+            "--prefetch", "1"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        driver = pool.submit(c2f, args)
+        wait_for(lambda: (out / "shards" / "shard-000000.tar").exists() or driver.done())
+        assert not driver.done() and len(list_parts(out / "store")) < 3
+        for victim in list(gpu_cluster.worker_nodes):
+            gpu_cluster.remove_node(victim, allow_graceful=False)
+        gpu_cluster.add_node(num_cpus=2, num_gpus=2)
+        code = driver.result(timeout=120)
+    printed = capsys.readouterr().err
+    assert code == 1, printed  # the poison video is a failed video, as in-process
+    retried = [r.getMessage() for r in caplog.records if "attempt 2 of 4" in r.getMessage()]
+    assert retried and all(m.startswith("shard-00000") for m in retried)
     assert not (out / "store" / "failures.parquet").exists()
     assert_same_outputs(out, reference, exact=False)

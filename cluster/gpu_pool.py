@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 
 from cluster.executor import RunError, TaskFailure, connect
+from cluster.progress import PipelineCounts
 from cluster.resources import ClusterResourceError, TaskResources, check_fits
 
 log = logging.getLogger(__name__)
-STAGE_LINE_S = 10.0
+POLL_S = 10.0  # longest wait for any event before saying what the run waits for
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,9 @@ class FeatureWorker:
 
         return view_layout(self.loaded, jpeg_decoder)
 
-    def forward(self, batch: FrameBatch) -> BatchOutputs:
+    def forward(self, batch: FrameBatch) -> tuple[BatchOutputs, int]:
+        """The batch's outputs, and its frame count (a second, tiny return the driver reads
+        for progress while the outputs go to the writer)."""
         import torch
 
         from pipeline.extract import forward_batch
@@ -204,7 +207,8 @@ class FeatureWorker:
         self._last_end = time.perf_counter()
         self.busy_s += self._last_end - started
         self.batches += 1
-        return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos)
+        frames = sum(count for _, count in batch.spans)
+        return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos), frames
 
     def stats(self) -> dict:
         return {"builds": self.builds, "batches": self.batches, "busy_s": self.busy_s,
@@ -311,7 +315,9 @@ class PoolRun:
     """
 
     def __init__(self, plans: Sequence[Any], settings: PoolSettings,
-                 on_result: Callable[[Any], None] | None = None) -> None:
+                 on_result: Callable[[Any], None] | None = None,
+                 counts: PipelineCounts | None = None,
+                 on_tick: Callable[[], None] | None = None) -> None:
         import ray
 
         self.ray = ray
@@ -321,10 +327,9 @@ class PoolRun:
         self.results: list[Any] = [None] * len(self.plans)
         self.failures: list[TaskFailure] = []
         self.worker_stats: list[dict] = []
-        self.batches_done = 0
+        self.counts = counts if counts is not None else PipelineCounts()
+        self.on_tick = on_tick
         self.restarted = 0
-        self._clock_start = time.monotonic()
-        self._last_line = self._clock_start
         first = getattr(self.plans[0], "extract", self.plans[0])
         self.first = first
         s = settings
@@ -414,12 +419,13 @@ class PoolRun:
         load = {i: 0 for i in range(len(actors))}
         queue = list(todo)
         decoding: dict[Any, _Shard] = {}
-        inflight: dict[Any, tuple[_Shard, int]] = {}
+        inflight: dict[Any, tuple[_Shard, int, Any]] = {}
         writing: dict[Any, _Shard] = {}
         capacity = s.prefetch * len(actors)
         last_event = time.monotonic()
         try:
             while queue or decoding or inflight or writing:
+                self._count(decoding, inflight, writing)
                 while queue and len(decoding) < s.decode_ahead:
                     shard = queue.pop(0)
                     shard.generator = self._decode.remote(shard.plan)
@@ -429,7 +435,7 @@ class PoolRun:
                     waitables += list(decoding)
                 # fetch_local=False: outputs go from the workers to the writer tasks; the
                 # driver only needs to know they exist.
-                ready, _ = ray.wait(waitables, num_returns=1, timeout=STAGE_LINE_S,
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=POLL_S,
                                     fetch_local=False)
                 if not ready:  # a stall (e.g. waiting for a new node) says so
                     log.info("waiting: %d shard(s) decoding, %d batch(es) on workers, %d "
@@ -444,12 +450,11 @@ class PoolRun:
                     if ref in decoding:
                         shard = self._next_batch(decoding, ref, actors, load, inflight)
                     elif ref in inflight:
-                        shard, actor = inflight.pop(ref)
+                        shard, actor, frames = inflight.pop(ref)
                         load[actor] -= 1
                         shard.on_workers -= 1
                         shard.outputs.append(ref)  # errors surface in its writer task
-                        self.batches_done += 1
-                        self._stage_line(len(decoding), len(inflight), len(writing))
+                        self._counted(frames)
                     else:
                         shard = writing.pop(ref)
                         self._written(shard, ref, queue)
@@ -457,6 +462,7 @@ class PoolRun:
                     if shard is not None and shard.decoded and not shard.on_workers:
                         writing[self._write.remote(shard.plan, layout, shard.started,
                                                    *shard.outputs)] = shard
+            self._count(decoding, inflight, writing)
             self.worker_stats = self._stats(actors)
         finally:
             for a in actors:
@@ -477,7 +483,7 @@ class PoolRun:
         ray, stats = self.ray, []
         for i, a in enumerate(actors):
             try:
-                stats.append(ray.get(a.stats.remote(), timeout=STAGE_LINE_S))
+                stats.append(ray.get(a.stats.remote(), timeout=POLL_S))
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
                 log.warning("worker %d gave no stats: %s", i, exc)
         return stats
@@ -489,7 +495,7 @@ class PoolRun:
         in progress."""
         ray, s = self.ray, self.settings
         stalled = list({id(x): x for x in [*decoding.values(), *writing.values(),
-                                            *(sh for sh, _ in inflight.values())]}.values())
+                                            *(v[0] for v in inflight.values())]}.values())
         log.warning("nothing finished for %.0f s: restarting %d shard(s) and the workers",
                     s.stall_s, len(stalled))
         for ref in [*decoding, *inflight, *writing]:
@@ -506,16 +512,21 @@ class PoolRun:
         return [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
                 for _ in range(len(actors))]
 
-    def _stage_line(self, decoding: int, inflight: int, writing: int) -> None:
-        """Per-stage progress, at most every STAGE_LINE_S: backbone batches/s and queues."""
-        now = time.monotonic()
-        if now - self._last_line < STAGE_LINE_S:
-            return
-        self._last_line = now
-        rate = self.batches_done / max(now - self._clock_start, 1e-9)
-        log.info("stages: decoding %d shard(s) | backbones %d batches done, %.2f batches/s, "
-                 "%d queued | writing %d part(s)", decoding, self.batches_done, rate, inflight,
-                 writing)
+    def _count(self, decoding: dict, inflight: dict, writing: dict) -> None:
+        """Refresh what each stage holds now, then let the progress display look."""
+        c = self.counts
+        c.decoding, c.queued, c.writing = len(decoding), len(inflight), len(writing)
+        if self.on_tick is not None:
+            self.on_tick()
+
+    def _counted(self, frames_ref: Any) -> None:
+        """A batch came back from a worker: count it and its frames (a failed one's error
+        surfaces in its writer task, not here)."""
+        self.counts.batches += 1
+        try:
+            self.counts.frames += self.ray.get(frames_ref, timeout=POLL_S)
+        except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+            pass
 
     def _next_batch(self, decoding, gen, actors, load, inflight) -> _Shard:
         """Hand the decoder's next batch to the least loaded worker; at the end of its
@@ -527,19 +538,24 @@ class PoolRun:
             shard.decoded = True
             del decoding[gen]
             return shard
+        self.counts.decoded += 1
         actor = min(load, key=load.get)
         load[actor] += 1
         shard.on_workers += 1
-        inflight[actors[actor].forward.remote(ref)] = (shard, actor)
+        outputs, frames = actors[actor].forward.options(num_returns=2).remote(ref)
+        inflight[outputs] = (shard, actor, frames)
         return shard
 
 
 def run_pool(plans: Sequence[Any], settings: PoolSettings, *, mode: str = "local",
              address: str | None = None, on_result: Callable[[Any], None] | None = None,
-             stats: list | None = None) -> list[Any]:
+             stats: list | None = None, counts: PipelineCounts | None = None,
+             on_tick: Callable[[], None] | None = None) -> list[Any]:
     """Run extract (or build) plans through the pipeline; RunError if any shard failed.
 
-    `stats`, when given, receives each actor's `FeatureWorker.stats()` at the end.
+    `on_result` gets each finished part's result; `counts`, when given, is kept up to date
+    with what each stage did and holds, and `on_tick()` is called whenever it may have moved
+    (e.g. `Progress.tick`); `stats` receives each actor's `FeatureWorker.stats()` at the end.
     """
     import ray
 
@@ -547,7 +563,7 @@ def run_pool(plans: Sequence[Any], settings: PoolSettings, *, mode: str = "local
         return []
     started = connect(mode, address)
     try:
-        run = PoolRun(plans, settings, on_result)
+        run = PoolRun(plans, settings, on_result, counts, on_tick)
         try:
             return run.run()
         finally:

@@ -282,6 +282,11 @@ def test_driver_killed_mid_build_then_worker_pool_redoes_only_what_is_missing(
     workers = [line for line in printed.splitlines() if line.startswith("[c2f] worker")]
     assert len(workers) == 2 and all("1 model builds" in line for line in workers), printed
     assert {line.split("GPUs ")[1][0] for line in workers} == {"0", "1"}
+    index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
+    redone = sum(r["num_frames"] for r in index
+                 if Path(r["shard"]).stem not in {Path(n).stem for n in finished})
+    summary = next(line for line in printed.splitlines() if line.startswith("[c2f] done:"))
+    assert f"), {redone} frames (" in summary.split("backbones: ")[1], summary
     assert not (out / "store" / "failures.parquet").exists()
     assert_same_outputs(out, reference, exact=False)
 

@@ -76,18 +76,20 @@ def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespa
     pool runs the same stages split across decode tasks, workers and writer tasks)."""
     from cluster.executor import RunError
     from cluster.gpu_pool import PoolSettings, run_pool
-    from cluster.progress import Progress
+    from cluster.progress import PipelineCounts, Progress
 
     settings = PoolSettings(pool_size=args.pool, gpus_per_worker=args.num_gpus,
                             cpus_per_worker=args.cpus_per_worker,
                             decode_cpus=args.cpus_per_task, prefetch=args.prefetch,
                             max_retries=args.max_retries)
-    progress = Progress(len(plans), total_videos=total_videos, unit="shards")
+    counts = PipelineCounts()
+    progress = Progress(len(plans), total_videos=total_videos, unit="shards",
+                        stages=counts.describe)
     mode = args.mode if args.address is None or args.mode != "local" else "cluster"
     stats: list[dict] = []
     try:
         run_pool(plans, settings, mode=mode, address=args.address, on_result=progress.update,
-                 stats=stats)
+                 stats=stats, counts=counts, on_tick=progress.tick)
     except RunError as exc:
         progress.close()
         if on_failures is not None:

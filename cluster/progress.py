@@ -48,6 +48,32 @@ class PipelineCounts:
                 f"{self.queued} queued | write: {self.writing} part(s) now")
 
 
+@dataclass
+class TaskStageTimes:
+    """Where the time of one-task-per-shard `c2f build` plans goes: each result carries its
+    seconds writing the shard (decode + JPEG encode) and extracting (JPEG decode + backbones);
+    rates are per task, so the slower stage is the one to give more resources."""
+
+    frames: int = 0
+    shard_s: float = 0.0
+    extract_s: float = 0.0
+
+    def add(self, result: object) -> None:
+        """Count a finished plan's stage seconds (plans found finished add nothing)."""
+        if getattr(result, "skipped", False) or not hasattr(result, "shard_seconds"):
+            return
+        self.frames += int(getattr(result, "frames", 0) or 0)
+        self.shard_s += float(result.shard_seconds)
+        self.extract_s += float(getattr(result, "extract_seconds", 0.0))
+
+    def describe(self, elapsed: float) -> str:
+        """Per-task rates of both stages; empty until a plan did work."""
+        if not self.frames:
+            return ""
+        return (f"per task: shard writing {self.frames / max(self.shard_s, 1e-9):.1f} frames/s, "
+                f"extraction {self.frames / max(self.extract_s, 1e-9):.1f} frames/s")
+
+
 class Progress:
     """Count finished plans and report rates; call `update(result)` per finished plan (it fits
     `run_plans(on_result=...)`), `tick()` whenever `stages` may have moved, and `close()` once
@@ -119,8 +145,9 @@ class Progress:
         parts.append(f"{frame_rate:.1f} frames/s")
         eta = self.eta(elapsed)
         parts.append(f"ETA {_fmt_duration(eta)}" if eta is not None else "ETA ?")
-        if self.stages is not None:
-            parts.append(self.stages(elapsed))
+        stages = self.stages(elapsed) if self.stages is not None else ""
+        if stages:
+            parts.append(stages)
         return " | ".join(parts)
 
     def eta(self, elapsed: float) -> float | None:
@@ -147,7 +174,8 @@ class Progress:
             f"{self.videos_ok} videos ok, {self.videos_failed} failed, {self.frames} frames in "
             f"{_fmt_duration(elapsed)} ({rates})"
         )
-        return line if self.stages is None else f"{line} | {self.stages(elapsed)}"
+        stages = self.stages(elapsed) if self.stages is not None else ""
+        return f"{line} | {stages}" if stages else line
 
     def close(self) -> str:
         """Write and return the summary line."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from cluster.progress import PipelineCounts, Progress
+from cluster.progress import PipelineCounts, Progress, TaskStageTimes
 
 
 class FakeClock:
@@ -60,3 +60,19 @@ def test_a_pipeline_shows_its_stages_between_finished_shards() -> None:
     assert ("decode: 1 shard(s) now, 10 batches (2.50/s) | backbones: 8 batches (2.00/s), "
             "256 frames (64.0/s), 2 queued | write: 0 part(s) now") in line
     assert "backbones: 8 batches" in progress.close()
+
+
+def test_build_tasks_report_the_rate_of_each_of_their_stages() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    times = TaskStageTimes()
+    progress = Progress(3, stream=out, clock=clock, stages=times.describe)
+    assert "per task" not in progress.status_line()  # nothing measured yet: nothing said
+    for result in (SimpleNamespace(frames=40, skipped=False, shard_seconds=2.0,
+                                   extract_seconds=8.0),
+                   SimpleNamespace(frames=99, skipped=True, shard_seconds=0.0,
+                                   extract_seconds=0.0),
+                   SimpleNamespace(frames=60, skipped=False, shard_seconds=3.0,
+                                   extract_seconds=2.0)):
+        times.add(result)
+    assert progress.status_line().endswith(
+        "per task: shard writing 20.0 frames/s, extraction 10.0 frames/s")

@@ -8,11 +8,13 @@ progress, so the per-shard bookkeeping would have to be rebuilt on top of it any
 the driver keeps an explicit, bounded queue and knows which shard every batch belongs to.
 
 * Decode: one streaming CPU task per shard (`decode_chunks`) reads its tar (for `c2f build`,
-  first writes it, decoding the videos once), decodes (Pillow) and preprocesses the JPEGs per
-  view, and
-  yields fixed-size batches of `batch_size` frames that span videos, so 16-frame videos still
-  make full batches. Ray's generator backpressure bounds what one task holds, so memory does
-  not grow with video or shard length.
+  first writes it, decoding the videos once) and yields fixed-size batches of `batch_size`
+  frames that span videos, so 16-frame videos still make full batches: with the Pillow JPEG
+  decoder, frames decoded and preprocessed per view; with DALI (`--jpeg-decoder`: dali-mixed
+  on CUDA, dali-cpu on CPU) the JPEG bytes themselves, which the backbone worker decodes
+  (nvJPEG on its GPU for dali-mixed) and preprocesses in torch where the frames lie; JPEGs
+  are also ~10x smaller to ship than float32 frames. Ray's generator backpressure bounds
+  what one task holds, so memory does not grow with video or shard length.
 * Backbones: `pool_size` actors (`FeatureWorker`) each build every view's model once, on the
   GPU Ray assigned to them for life (`num_gpus`, fractional allowed), and run batches.
   At most `prefetch` batches wait per actor, the next one already delivered while the current
@@ -66,14 +68,16 @@ class PoolSettings:
 
 @dataclass
 class FrameBatch:
-    """Up to batch_size preprocessed frames of one shard, per view, and whose they are:
-    `spans` (video position in the shard, frames) in order; `videos` the (key, meta) of the
-    videos that start in this batch."""
+    """Up to batch_size frames of one shard, and whose they are: `spans` (video position in the
+    shard, frames) in order; `videos` the (key, meta) of the videos that start in this batch.
+    The frames are either preprocessed per view (`inputs`) or JPEG bytes for the worker to
+    decode with DALI (`jpegs`)."""
 
     chunk: int
     inputs: dict[str, np.ndarray]
     spans: list[tuple[int, int]]
     videos: list[tuple[int, str, dict]] = field(default_factory=list)
+    jpegs: list[bytes] | None = None
 
 
 @dataclass
@@ -89,7 +93,7 @@ class BatchOutputs:
 # ---------------------------------------------------------------------------- decode (CPU)
 
 
-def _shard_samples(plan: Any) -> tuple[Any, Iterator]:
+def _shard_samples(plan: Any, decode_frames: bool) -> tuple[Any, Iterator]:
     """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard."""
     from pipeline.reader import iter_shard
     from pipeline.shards import write_shard
@@ -97,34 +101,39 @@ def _shard_samples(plan: Any) -> tuple[Any, Iterator]:
     extract = getattr(plan, "extract", plan)
     if extract is not plan:
         write_shard(plan.shard)
-    return extract, iter_shard(extract.shard, decode_frames=True)
+    return extract, iter_shard(extract.shard, decode_frames=decode_frames)
 
 
 def batches_of_shard(plan: Any) -> Iterator[FrameBatch]:
-    """Fixed-size batches of a shard's frames, spanning videos, preprocessed for every view."""
+    """Fixed-size batches of a shard's frames, spanning videos: preprocessed for every view,
+    or as JPEG bytes when the plan's JPEG decoder is DALI's (the worker decodes them)."""
     from pipeline.preprocess import preprocess_frames, view_preprocess
 
-    extract, samples = _shard_samples(plan)
+    dali = getattr(plan, "extract", plan).jpeg_decoder != "pillow"
+    extract, samples = _shard_samples(plan, decode_frames=not dali)
     size = extract.batch_size
     preps = {v.name: view_preprocess(v.input_size) for v in extract.views}
-    pending: list[np.ndarray] = []
+    pending: list = []
     spans: list[tuple[int, int]] = []
     videos: list[tuple[int, str, dict]] = []
     chunk = 0
 
     def flush() -> FrameBatch:
         nonlocal pending, spans, videos, chunk
-        batch = FrameBatch(
-            chunk,
-            {name: preprocess_frames(pending, pp) for name, pp in preps.items()},
-            spans,
-            videos,
-        )
+        if dali:
+            batch = FrameBatch(chunk, {}, spans, videos, jpegs=pending)
+        else:
+            batch = FrameBatch(
+                chunk,
+                {name: preprocess_frames(pending, pp) for name, pp in preps.items()},
+                spans,
+                videos,
+            )
         pending, spans, videos, chunk = [], [], [], chunk + 1
         return batch
 
     for position, sample in enumerate(samples):
-        frames = list(sample.frames or [])
+        frames = list(sample.jpegs if dali else sample.frames or [])
         if not frames:
             log.warning("%s: video %s has no frames; left out", extract.part, sample.key)
             continue
@@ -157,11 +166,13 @@ def decode_chunks(plan: Any) -> Iterator[FrameBatch]:
 class FeatureWorker:
     """Builds each view's backbone once, on the device Ray assigned, and runs batches.
 
-    `stats()` reports model builds, batches, seconds busy and seconds waiting for input (the gap
-    between finishing one batch and starting the next), from this actor's own clock.
+    `stats()` reports model builds, batches, frames it decoded from JPEG itself, seconds busy
+    and seconds waiting for input (the gap between finishing one batch and starting the next),
+    from this actor's own clock.
     """
 
-    def __init__(self, views: tuple, device: str, dtype: str, threads: int = 0) -> None:
+    def __init__(self, views: tuple, device: str, dtype: str, threads: int = 0,
+                 jpeg_decoder: str = "pillow", batch_size: int = 64) -> None:
         import torch
 
         from pipeline.devices import visible_gpu_ids, worker_device
@@ -171,39 +182,54 @@ class FeatureWorker:
             torch.set_num_threads(threads)
         self.device = worker_device(device)
         self.dtype = dtype
+        self.jpeg_decoder = jpeg_decoder
+        self.batch_size = batch_size
+        self.threads = threads
         self.gpu_ids = visible_gpu_ids()
         self.loaded = [load_view(v, self.device) for v in views]
         self.builds = len(self.loaded)
         self.batches = 0
+        self.jpegs = 0  # frames this worker decoded from JPEG itself (DALI)
         self.busy_s = 0.0
         self.wait_s = 0.0
         self._last_end: float | None = None
 
-    def layout(self, jpeg_decoder: str) -> dict:
+    def layout(self) -> dict:
+        """The part layout, recording the JPEG decoder this worker uses."""
         from pipeline.extract import view_layout
 
-        return view_layout(self.loaded, jpeg_decoder)
+        return view_layout(self.loaded, self.jpeg_decoder)
+
+    def _inputs(self, batch: FrameBatch) -> dict[str, Any]:
+        """Each view's preprocessed batch as a torch tensor: as sent, or decoded here by DALI
+        from JPEG bytes (on this worker's GPU for dali-mixed) and preprocessed in torch."""
+        import torch
+
+        from pipeline.jpeg_dali import dali_jpeg_decoder
+        from pipeline.preprocess import preprocess_tensors, view_preprocess
+
+        if batch.jpegs is None:
+            # Arrays arrive read-only from the object store; torch wants writable memory.
+            return {lv.view.name: torch.from_numpy(
+                np.require(batch.inputs[lv.view.name], requirements="W")) for lv in self.loaded}
+        decoder = dali_jpeg_decoder("mixed" if self.jpeg_decoder == "dali-mixed" else "cpu",
+                                    self.batch_size, self.threads or 1)
+        images = decoder.decode(batch.jpegs)
+        self.jpegs += len(images)
+        return {lv.view.name: preprocess_tensors(images, view_preprocess(lv.view.input_size))
+                for lv in self.loaded}
 
     def forward(self, batch: FrameBatch) -> tuple[BatchOutputs, int]:
         """The batch's outputs, and its frame count (a second, tiny return the driver reads
         for progress while the outputs go to the writer)."""
-        import torch
-
         from pipeline.extract import forward_batch
 
         started = time.perf_counter()
         if self._last_end is not None:
             self.wait_s += started - self._last_end
-        outputs = {
-            # Arrays arrive read-only from the object store; torch wants writable memory.
-            lv.view.name: forward_batch(
-                lv,
-                torch.from_numpy(np.require(batch.inputs[lv.view.name], requirements="W")),
-                self.dtype,
-                self.device,
-            )
-            for lv in self.loaded
-        }
+        inputs = self._inputs(batch)  # JPEG decoding here counts as busy: it is this stage's
+        outputs = {lv.view.name: forward_batch(lv, inputs[lv.view.name], self.dtype, self.device)
+                   for lv in self.loaded}
         self._last_end = time.perf_counter()
         self.busy_s += self._last_end - started
         self.batches += 1
@@ -211,7 +237,8 @@ class FeatureWorker:
         return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos), frames
 
     def stats(self) -> dict:
-        return {"builds": self.builds, "batches": self.batches, "busy_s": self.busy_s,
+        return {"builds": self.builds, "batches": self.batches, "jpegs": self.jpegs,
+                "jpeg_decoder": self.jpeg_decoder, "busy_s": self.busy_s,
                 "wait_s": self.wait_s, "gpu_ids": self.gpu_ids, "device": self.device}
 
 
@@ -401,9 +428,7 @@ class PoolRun:
         ray = self.ray
         for attempt in range(self.settings.max_retries + 1):
             try:
-                # Decode tasks decode JPEGs with Pillow whatever --jpeg-decoder says (DALI's
-                # nvJPEG belongs on the GPU workers, not here); the store records that.
-                return ray.get(actors[0].layout.remote("pillow"), timeout=self.settings.stall_s)
+                return ray.get(actors[0].layout.remote(), timeout=self.settings.stall_s)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
                 if not system_failure(ray, exc) or attempt == self.settings.max_retries:
                     raise
@@ -412,9 +437,7 @@ class PoolRun:
 
     def _pipeline(self, todo: list[_Shard]) -> None:
         ray, s = self.ray, self.settings
-        f = self.first
-        actors = [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
-                  for _ in range(s.pool_size)]
+        actors = [self._new_worker() for _ in range(s.pool_size)]
         layout = self._layout(actors)
         load = {i: 0 for i in range(len(actors))}
         queue = list(todo)
@@ -508,9 +531,12 @@ class PoolRun:
         decoding.clear(), inflight.clear(), writing.clear()
         for shard in sorted(stalled, key=lambda x: x.position, reverse=True):
             self._retry(shard, f"no progress for {s.stall_s:g} s", queue)
+        return [self._new_worker() for _ in range(len(actors))]
+
+    def _new_worker(self) -> Any:
         f = self.first
-        return [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
-                for _ in range(len(actors))]
+        return self._actor_class.remote(f.views, f.device, f.dtype, f.threads, f.jpeg_decoder,
+                                        f.batch_size)
 
     def _count(self, decoding: dict, inflight: dict, writing: dict) -> None:
         """Refresh what each stage holds now, then let the progress display look."""

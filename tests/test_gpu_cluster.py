@@ -39,6 +39,7 @@ from cluster.resources import (
 from featstore import list_parts, open_store, part_path, validate
 from pipeline.build import build_shard, plan_build
 from pipeline.devices import visible_gpu_ids
+from pipeline.encode import extension_for
 from pipeline.extract import ExtractOptions, finalize_store
 from pipeline.failures import FailedPlan, read_failures, remove_orphan_temps, write_failures
 from pipeline.manifest import ManifestRow, read_manifest, rows_to_table, write_manifest
@@ -317,3 +318,40 @@ def test_pool_build_survives_losing_its_gpu_node(gpu_cluster, poisoned_manifest,
     assert retried and all(m.startswith("shard-00000") for m in retried)
     assert not (out / "store" / "failures.parquet").exists()
     assert_same_outputs(out, reference, exact=False)
+
+
+@pytest.mark.slow
+def test_pool_workers_decode_jpegs_with_dali_from_shards_dali_decoded(gpu_cluster, tiny_dataset,
+                                                                      tmp_path, capsys):
+    """The DALI path of `c2f build --pool` that a GPU runs as `mixed` (video decode for the
+    shards, nvJPEG on the backbone workers), run here with DALI's CPU backend on the VP9
+    videos (what DALI decodes on CPU): the decode tasks ship JPEG bytes, the worker decodes
+    them with DALI, and the features equal the in-process DALI build's (within float16 steps:
+    the pool's batches span videos)."""
+    table = read_manifest(tiny_dataset.manifest)
+    rows = [ManifestRow(**r) for r in table.to_pylist() if r["path"].endswith(
+        extension_for("vp9"))]
+    assert len(rows) == 2
+    manifest = write_manifest(rows_to_table(rows), tmp_path / "vp9.parquet")
+    args = ["--manifest", str(manifest), "--fps", "1", "--short-side", "72", "--view", VIEW,
+            "--batch-size", "4", "--threads", "1", "--backend", "dali", "--jpeg-decoder", "dali"]
+    ref, out = tmp_path / "ref", tmp_path / "pool"
+    assert c2f(["build", *args, "--shards-out", str(ref / "shards"), "--out",
+                str(ref / "store"), "--mode", "inprocess"]) == 0
+    assert c2f(["build", *args, "--shards-out", str(out / "shards"), "--out",
+                str(out / "store"), "--address", gpu_cluster.address, "--pool", "1",
+                "--gpus-per-worker", "1", "--cpus-per-worker", "0.5"]) == 0
+    printed = capsys.readouterr().err
+    index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
+    assert {r["backend"] for r in index} == {"dali"}, index
+    got, want = open_store(out / "store"), open_store(ref / "store")
+    assert got.view_attrs("a")["jpeg_decoder"] == "dali-cpu" == want.view_attrs(
+        "a")["jpeg_decoder"]
+    assert sorted(got.video_ids()) == sorted(want.video_ids()) and len(want.video_ids()) == 2
+    for vid in want.video_ids():
+        np.testing.assert_allclose(got.read(vid, "a").astype(np.float32),
+                                   want.read(vid, "a").astype(np.float32), rtol=4e-3, atol=2e-3)
+    frames = sum(r["num_frames"] for r in index)
+    assert f"1 model builds, {-(-frames // 4)} batches, {frames} frames decoded here (dali-cpu)" \
+        in printed, printed
+    assert validate(out / "store") == []

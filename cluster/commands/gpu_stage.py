@@ -101,7 +101,8 @@ def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespa
     for i, s in enumerate(stats):
         busy = s["busy_s"] / max(s["busy_s"] + s["wait_s"], 1e-9)
         print(f"[c2f] worker {i} ({s['device']}, GPUs {','.join(s['gpu_ids']) or '-'}): "
-              f"{s['builds']} model builds, {s['batches']} batches, busy {busy:.0%}",
+              f"{s['builds']} model builds, {s['batches']} batches, {s['jpegs']} frames "
+              f"decoded here ({s['jpeg_decoder']}), busy {busy:.0%}",
               file=sys.stderr)
     return True
 

@@ -24,8 +24,9 @@ def add_gpu_args(p: argparse.ArgumentParser) -> None:
                    help="run the backbones in N long-lived Ray workers that build each model "
                    "once, fed fixed-size batches (--batch-size, spanning videos) by CPU decode "
                    "tasks (--cpus-per-task each), the next shard decoded while the current one "
-                   "runs; 0: one task per shard that decodes and runs the models itself "
-                   "(%(default)s)")
+                   "runs; with a DALI --jpeg-decoder the workers decode the JPEGs themselves "
+                   "(nvJPEG on CUDA); 0: one task per shard that decodes and runs the models "
+                   "itself (%(default)s)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N",
                    help="with --pool: CPUs each backbone worker holds for its life "
                    "(%(default)s)")

@@ -356,7 +356,6 @@ class PoolRun:
         self.worker_stats: list[dict] = []
         self.counts = counts if counts is not None else PipelineCounts()
         self.on_tick = on_tick
-        self.restarted = 0
         first = getattr(self.plans[0], "extract", self.plans[0])
         self.first = first
         s = settings
@@ -417,7 +416,6 @@ class PoolRun:
             self._fail(shard, reason, True)
             return
         shard.restarts += 1
-        self.restarted += 1
         log.warning("%s: attempt %d of %d after: %s", shard.name, shard.restarts + 1,
                     self.settings.max_retries + 1, reason)
         shard.reset()
@@ -425,15 +423,15 @@ class PoolRun:
 
     def _layout(self, actors: list) -> dict:
         """The store layout from a worker's models; a worker lost meanwhile is waited for."""
-        ray = self.ray
-        for attempt in range(self.settings.max_retries + 1):
+        ray, attempts = self.ray, 0
+        while True:
             try:
                 return ray.get(actors[0].layout.remote(), timeout=self.settings.stall_s)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-                if not system_failure(ray, exc) or attempt == self.settings.max_retries:
+                attempts += 1
+                if not system_failure(ray, exc) or attempts > self.settings.max_retries:
                     raise
                 log.warning("backbone worker lost before its first batch (%s); waiting", exc)
-        raise AssertionError("unreachable")
 
     def _pipeline(self, todo: list[_Shard]) -> None:
         ray, s = self.ray, self.settings

@@ -318,6 +318,7 @@ class _Shard:
     on_workers: int = 0  # batches sent to a worker and not back yet
     outputs: list = field(default_factory=list)
     failed: str | None = None
+    decode_error: Exception | None = None
     restarts: int = 0
 
     @property
@@ -327,6 +328,7 @@ class _Shard:
     def reset(self) -> None:
         """Forget the current attempt's work: the shard starts again from decoding."""
         self.generator, self.decoded, self.on_workers, self.outputs = None, False, 0, []
+        self.decode_error = None
 
 
 class PoolRun:
@@ -480,9 +482,12 @@ class PoolRun:
                         shard = writing.pop(ref)
                         self._written(shard, ref, queue)
                         continue
-                    if shard is not None and shard.decoded and not shard.on_workers:
-                        writing[self._write.remote(shard.plan, layout, shard.started,
-                                                   *shard.outputs)] = shard
+                    if shard.decoded and not shard.on_workers:
+                        if shard.decode_error is not None:  # reported by the generator itself
+                            self._failed(shard, shard.decode_error, queue)
+                        else:
+                            writing[self._write.remote(shard.plan, layout, shard.started,
+                                                       *shard.outputs)] = shard
             self._count(decoding, inflight, writing)
             self.worker_stats = self._stats(actors)
         finally:
@@ -494,10 +499,14 @@ class PoolRun:
         try:
             self._finish(shard.position, ray.get(ref))
         except ray.exceptions.RayError as exc:
-            if system_failure(ray, exc):
-                self._retry(shard, str(exc).strip().splitlines()[-1], queue)
-            else:
-                self._fail(shard, str(exc), False)
+            self._failed(shard, exc, queue)
+
+    def _failed(self, shard: _Shard, exc: Exception, queue: list[_Shard]) -> None:
+        """Another attempt for Ray's failures, none for the code's own."""
+        if system_failure(self.ray, exc):
+            self._retry(shard, str(exc).strip().splitlines()[-1], queue)
+        else:
+            self._fail(shard, str(exc), False)
 
     def _stats(self, actors: list) -> list[dict]:
         """Each worker's stats; a worker that does not answer in time is left out (logged)."""
@@ -560,6 +569,10 @@ class PoolRun:
             ref = next(gen)
         except StopIteration:
             shard.decoded = True
+            del decoding[gen]
+            return shard
+        except self.ray.exceptions.RayError as exc:  # usually an error ref instead; both count
+            shard.decoded, shard.decode_error = True, exc
             del decoding[gen]
             return shard
         self.counts.decoded += 1

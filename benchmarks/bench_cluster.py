@@ -6,6 +6,8 @@
    medians of the per-pair ratios, of wall time and of CPU time (this process, plus every
    process under it for Ray: CPU time does not move with other jobs' load as wall time does).
    Ray's start and its first pass (a cold worker process importing torch) are timed apart.
+   Also the time each pass spends outside the plans' own function (the function reports its
+   start and end): scheduling proper, apart from how fast the work runs where it lands.
 2. Model builds: per backbone worker of the pool (target: once), and how many worker processes
    Ray uses for N GPU-reserving tasks (Ray's default for GPU tasks is a fresh process each).
 3. Waiting fraction of the backbone stage in the pool (a CPU model standing in for the GPU,

@@ -1,8 +1,13 @@
 """Ray execution of the feature stages on this machine, measured side by side in one run.
 
-1. Scheduling overhead: `c2f extract`'s plans in-process vs on an embedded local Ray with one
-   CPU (so both run the plans one at a time), median of --repeats alternating runs; Ray's own
-   start-up is outside the timing, its worker start-up inside.
+1. Scheduling overhead: `c2f extract`'s plans on demo-shaped shards (`make demo`: `c2f synth`
+   defaults, 8 videos per shard, 1 fps, its two views) in-process vs on an embedded local Ray
+   with one CPU (so both run the plans one at a time): --repeats pairs interleaved A B / B A,
+   medians of the per-pair ratios, of wall time and of CPU time (this process, plus every
+   process under it for Ray: CPU time does not move with other jobs' load as wall time does).
+   Ray's start and its first pass (a cold worker process importing torch) are timed apart.
+   Also the time each pass spends outside the plans' own function (the function reports its
+   start and end): scheduling proper, apart from how fast the work runs where it lands.
 2. Model builds: per backbone worker of the pool (target: once), and how many worker processes
    Ray uses for N GPU-reserving tasks (Ray's default for GPU tasks is a fresh process each).
 3. Waiting fraction of the backbone stage in the pool (a CPU model standing in for the GPU,
@@ -13,7 +18,8 @@
    exists, a new one joins. Re-done work = shard attempts beyond one per shard, against the
    shards in flight (on either node) at the kill.
 
-Usage: python benchmarks/bench_cluster.py [--videos 12] [--repeats 3] [--sections 1,2,3,4]
+Usage: python benchmarks/bench_cluster.py [--videos 12] [--demo-videos 24] [--repeats 3]
+       [--sections 1,2,3,4]
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pipeline.synth import SynthConfig, make_synthetic_dataset
 from pipeline.types import FrameFormat, SamplingPlan
 
 SAMPLING = SamplingPlan(fps=1.0)
+DEMO_VIEWS = ["coarse=mobilenet_v2@112", "fine=resnet101@224"]  # as cluster/demo.py extracts
 FMT = FrameFormat(short_side=128)
 
 
@@ -53,6 +60,19 @@ class CountedBuild:
     def __call__(self, plan):
         Path(self.folder, f"{plan.index}-{os.getpid()}-{time.time_ns()}").touch()
         return build_shard(plan)
+
+
+class InsideTime:
+    """fn that also returns its own wall-clock start and end: what a pass spends outside them
+    is scheduling (submission, pickling, waiting for a worker, returning the result)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, plan):
+        started = time.time()
+        result = self.fn(plan)
+        return result, started, time.time()
 
 
 def worker_pid(_: int) -> int:
@@ -72,25 +92,103 @@ def make_data(root: Path, videos: int) -> tuple[Path, Path]:
     return root / "manifest.parquet", shards
 
 
+def make_demo_shards(root: Path, videos: int) -> Path:
+    """Shards shaped like `make demo`'s: `c2f synth` defaults (320x240, 8-20 s), 1 fps, 8
+    videos per shard, so each plan carries the work a demo plan does."""
+    make_synthetic_dataset(root, SynthConfig(videos=videos, seed=11))
+    shards = root / "shards"
+    for plan in plan_shards(read_manifest(root / "manifest.parquet"), shards, sampling=SAMPLING,
+                            fmt=FrameFormat(short_side=256), videos_per_shard=8):
+        write_shard(plan)
+    finalize(shards)
+    return shards
+
+
+def tree_cpu_seconds(root: int, with_descendants: bool) -> float:
+    """CPU seconds (user + system, and what they reaped) of process `root`, and with
+    `with_descendants` of every live process below it (Ray's GCS, raylet, workers)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    keep = {root}
+    grew = with_descendants
+    while grew:
+        below = {pid for pid, (ppid, _) in stats.items() if ppid in keep} - keep
+        keep |= below
+        grew = bool(below)
+    return sum(stats[pid][1] for pid in keep if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
 def overhead(shards: Path, work: Path, views: list[str], repeats: int) -> dict:
+    """The same extract plans in-process and on a local Ray with 1 CPU (so both run one plan
+    at a time), interleaved A B / B A; Ray started once, outside the timed passes (its start
+    and the first, cold pass that starts a worker process are timed apart). Per pass: wall
+    seconds, and CPU seconds of this process (in-process) or of it and every process Ray runs
+    under it (Ray): CPU time does not depend on what other jobs on the machine do."""
     import ray
 
-    options = ExtractOptions(batch_size=16, threads=1)
-    times: dict[str, list[float]] = {"inprocess": [], "local": []}
+    options = ExtractOptions(batch_size=32, threads=1)
+    me = os.getpid()
+
+    def one_pass(mode: str) -> tuple[float, float, int]:
+        store = work / f"store-{mode}"
+        shutil.rmtree(store, ignore_errors=True)
+        plans = plan_extraction(shards, store, views, options)
+        cpu = tree_cpu_seconds(me, mode == "local")
+        started = time.time()
+        results = run_plans(InsideTime(extract_shard), plans, mode=mode)
+        wall = time.time() - started
+        inside[mode].append(sum(end - start for _, start, end in results))
+        outside[mode].append(wall - inside[mode][-1])
+        return wall, tree_cpu_seconds(me, mode == "local") - cpu, len(plans)
+
+    started = time.perf_counter()
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray_start = time.perf_counter() - started
+    walls: dict[str, list[float]] = {"inprocess": [], "local": []}
+    inside: dict[str, list[float]] = {"inprocess": [], "local": []}
+    outside: dict[str, list[float]] = {"inprocess": [], "local": []}
+    cpus: dict[str, list[float]] = {"inprocess": [], "local": []}
     try:
-        for _ in range(repeats):
-            for mode, spent in times.items():
-                store = work / f"store-{mode}"
-                shutil.rmtree(store, ignore_errors=True)
-                plans = plan_extraction(shards, store, views, options)
-                started = time.perf_counter()
-                run_plans(extract_shard, plans, mode=mode)
-                spent.append(time.perf_counter() - started)
+        cold = one_pass("local")[0]
+        one_pass("inprocess")  # warms this process's imports and the page cache alike
+        for r in range(repeats):
+            for mode in ("inprocess", "local") if r % 2 == 0 else ("local", "inprocess"):
+                wall, cpu, plans = one_pass(mode)
+                walls[mode].append(wall)
+                cpus[mode].append(cpu)
     finally:
         ray.shutdown()
-    a, b = statistics.median(times["inprocess"]), statistics.median(times["local"])
-    return {"plans": len(plans), "inprocess_s": a, "local_ray_s": b, "overhead": b / a - 1}
+    med = {m: statistics.median(v) for m, v in walls.items()}
+    cpu_med = {m: statistics.median(v) for m, v in cpus.items()}
+    ratios = [b / a - 1 for a, b in zip(walls["inprocess"], walls["local"], strict=True)]
+    cpu_ratios = [b / a - 1 for a, b in zip(cpus["inprocess"], cpus["local"], strict=True)]
+    return {"plans": plans, "frames_per_plan": _frames(shards) / plans,
+            "inprocess_s": med["inprocess"], "local_ray_s": med["local"],
+            "wall_overhead": statistics.median(ratios), "wall_range": (min(ratios), max(ratios)),
+            "per_plan_s": (med["local"] - med["inprocess"]) / plans,
+            "inprocess_cpu_s": cpu_med["inprocess"], "local_cpu_s": cpu_med["local"],
+            "cpu_overhead": statistics.median(cpu_ratios),
+            "cpu_range": (min(cpu_ratios), max(cpu_ratios)),
+            "ray_start_s": ray_start, "cold_pass_s": cold,
+            # Timed passes only (the first two entries are the cold Ray and warm-up passes).
+            "outside_share": {m: statistics.median(o / i for o, i in zip(
+                outside[m][1:], inside[m][1:], strict=True))
+                for m in outside},
+            "outside_per_plan_s": {m: statistics.median(outside[m][1:]) / plans
+                                   for m in outside}}
+
+
+def _frames(shards: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_table(shards / "index.parquet", columns=["num_frames"]).column(0).to_pylist())
 
 
 def builds(shards: Path, work: Path, views: list[str]) -> dict:
@@ -162,6 +260,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--view", action="append", help="NAME=BACKBONE@SIZE (default one view)")
     ap.add_argument("--sections", default="1,2,3,4")
+    ap.add_argument("--demo-videos", type=int, default=24,
+                    help="videos of the overhead section's demo-shaped data (make demo: 24)")
+    ap.add_argument("--overhead-view", action="append",
+                    help="views of the overhead section (default: the demo's two)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
@@ -169,16 +271,33 @@ def main() -> None:
     sections = {int(s) for s in args.sections.split(",")}
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     try:
-        manifest, shards = make_data(work / "data", args.videos)
-        print(f"{args.videos} generated videos (8-12 s, 320x240) at 1 fps, views {views}, "
-              f"torch 1 thread, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
+        manifest, shards = (make_data(work / "data", args.videos) if sections & {2, 3, 4}
+                            else (None, None))
+        if manifest is not None:
+            print(f"{args.videos} generated videos (8-12 s, 320x240) at 1 fps, views {views}")
+        print(f"torch 1 thread, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
         print("| measure | figure | target |")
         print("|---|---|---|")
         if 1 in sections:
-            r = overhead(shards, work, views, args.repeats)
-            print(f"| scheduling overhead, {r['plans']} extract plans, local Ray (1 CPU) vs "
-                  f"in-process, median of {args.repeats} | {r['overhead']:+.1%} "
-                  f"({r['local_ray_s']:.1f} s vs {r['inprocess_s']:.1f} s) | <= 5% |")
+            demo = make_demo_shards(work / "demo", args.demo_videos)
+            r = overhead(demo, work, args.overhead_view or DEMO_VIEWS, args.repeats)
+            print(f"| scheduling overhead, {r['plans']} extract plans of demo shape "
+                  f"({r['frames_per_plan']:.0f} frames each, views "
+                  f"{args.overhead_view or DEMO_VIEWS}), local Ray (1 CPU) vs in-process, "
+                  f"median of {args.repeats} interleaved pairs | wall {r['wall_overhead']:+.1%} "
+                  f"(pairs {r['wall_range'][0]:+.1%}..{r['wall_range'][1]:+.1%}; "
+                  f"{r['local_ray_s']:.1f} s vs {r['inprocess_s']:.1f} s, "
+                  f"{r['per_plan_s']:+.2f} s/plan), CPU {r['cpu_overhead']:+.1%} (pairs "
+                  f"{r['cpu_range'][0]:+.1%}..{r['cpu_range'][1]:+.1%}; {r['local_cpu_s']:.1f} "
+                  f"vs {r['inprocess_cpu_s']:.1f} CPU s) | <= 5% |")
+            print(f"| time outside the plans' own function per pass (scheduling), median: "
+                  f"local Ray vs in-process | {r['outside_share']['local']:+.2%} "
+                  f"({r['outside_per_plan_s']['local']:.3f} s/plan) vs "
+                  f"{r['outside_share']['inprocess']:+.2%} "
+                  f"({r['outside_per_plan_s']['inprocess']:.3f} s/plan) of the time inside | "
+                  f"<= 5% |")
+            print(f"| outside the timed passes: Ray start, first (cold) Ray pass | "
+                  f"{r['ray_start_s']:.1f} s, {r['cold_pass_s']:.1f} s | - |")
         if sections & {2, 3}:
             r = builds(shards, work, views)
             print(f"| model builds per pool worker ({r['views']} view(s), {r['shards']} shards, "

@@ -8,11 +8,13 @@ progress, so the per-shard bookkeeping would have to be rebuilt on top of it any
 the driver keeps an explicit, bounded queue and knows which shard every batch belongs to.
 
 * Decode: one streaming CPU task per shard (`decode_chunks`) reads its tar (for `c2f build`,
-  first writes it, decoding the videos once), decodes (Pillow) and preprocesses the JPEGs per
-  view, and
-  yields fixed-size batches of `batch_size` frames that span videos, so 16-frame videos still
-  make full batches. Ray's generator backpressure bounds what one task holds, so memory does
-  not grow with video or shard length.
+  first writes it, decoding the videos once) and yields fixed-size batches of `batch_size`
+  frames that span videos, so 16-frame videos still make full batches: with the Pillow JPEG
+  decoder, frames decoded and preprocessed per view; with DALI (`--jpeg-decoder`: dali-mixed
+  on CUDA, dali-cpu on CPU) the JPEG bytes themselves, which the backbone worker decodes
+  (nvJPEG on its GPU for dali-mixed) and preprocesses in torch where the frames lie; JPEGs
+  are also ~10x smaller to ship than float32 frames. Ray's generator backpressure bounds
+  what one task holds, so memory does not grow with video or shard length.
 * Backbones: `pool_size` actors (`FeatureWorker`) each build every view's model once, on the
   GPU Ray assigned to them for life (`num_gpus`, fractional allowed), and run batches.
   At most `prefetch` batches wait per actor, the next one already delivered while the current
@@ -22,9 +24,10 @@ the driver keeps an explicit, bounded queue and knows which shard every batch be
 * Writing: when a shard's last batch is back, a CPU task writes its part (same writer as the
   in-process path) under a temporary name and renames it.
 
-Failures: a decode or writer task that raises fails its shard only; a worker that dies is
-retried up to `max_retries` times (Ray task retries; actor restarts, which rebuild the models);
-then the shard is failed with the reason and the run goes on. Finished parts are skipped.
+Failures: attempts are counted per shard by the driver (`PoolRun`): a shard whose code raised
+fails at once; one that lost a worker, its node or an object starts again from decoding, at most
+`max_retries` times, then is failed with the reason; the run goes on. Finished parts are
+skipped.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from typing import Any
 import numpy as np
 
 from cluster.executor import RunError, TaskFailure, connect
+from cluster.progress import PipelineCounts
 from cluster.resources import ClusterResourceError, TaskResources, check_fits
 
 log = logging.getLogger(__name__)
-STAGE_LINE_S = 10.0
+POLL_S = 10.0  # longest wait for any event before saying what the run waits for
 
 
 @dataclass(frozen=True)
@@ -64,14 +68,16 @@ class PoolSettings:
 
 @dataclass
 class FrameBatch:
-    """Up to batch_size preprocessed frames of one shard, per view, and whose they are:
-    `spans` (video position in the shard, frames) in order; `videos` the (key, meta) of the
-    videos that start in this batch."""
+    """Up to batch_size frames of one shard, and whose they are: `spans` (video position in the
+    shard, frames) in order; `videos` the (key, meta) of the videos that start in this batch.
+    The frames are either preprocessed per view (`inputs`) or JPEG bytes for the worker to
+    decode with DALI (`jpegs`)."""
 
     chunk: int
     inputs: dict[str, np.ndarray]
     spans: list[tuple[int, int]]
     videos: list[tuple[int, str, dict]] = field(default_factory=list)
+    jpegs: list[bytes] | None = None
 
 
 @dataclass
@@ -87,7 +93,7 @@ class BatchOutputs:
 # ---------------------------------------------------------------------------- decode (CPU)
 
 
-def _shard_samples(plan: Any) -> tuple[Any, Iterator]:
+def _shard_samples(plan: Any, decode_frames: bool) -> tuple[Any, Iterator]:
     """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard."""
     from pipeline.reader import iter_shard
     from pipeline.shards import write_shard
@@ -95,34 +101,39 @@ def _shard_samples(plan: Any) -> tuple[Any, Iterator]:
     extract = getattr(plan, "extract", plan)
     if extract is not plan:
         write_shard(plan.shard)
-    return extract, iter_shard(extract.shard, decode_frames=True)
+    return extract, iter_shard(extract.shard, decode_frames=decode_frames)
 
 
 def batches_of_shard(plan: Any) -> Iterator[FrameBatch]:
-    """Fixed-size batches of a shard's frames, spanning videos, preprocessed for every view."""
+    """Fixed-size batches of a shard's frames, spanning videos: preprocessed for every view,
+    or as JPEG bytes when the plan's JPEG decoder is DALI's (the worker decodes them)."""
     from pipeline.preprocess import preprocess_frames, view_preprocess
 
-    extract, samples = _shard_samples(plan)
+    dali = getattr(plan, "extract", plan).jpeg_decoder != "pillow"
+    extract, samples = _shard_samples(plan, decode_frames=not dali)
     size = extract.batch_size
     preps = {v.name: view_preprocess(v.input_size) for v in extract.views}
-    pending: list[np.ndarray] = []
+    pending: list = []
     spans: list[tuple[int, int]] = []
     videos: list[tuple[int, str, dict]] = []
     chunk = 0
 
     def flush() -> FrameBatch:
         nonlocal pending, spans, videos, chunk
-        batch = FrameBatch(
-            chunk,
-            {name: preprocess_frames(pending, pp) for name, pp in preps.items()},
-            spans,
-            videos,
-        )
+        if dali:
+            batch = FrameBatch(chunk, {}, spans, videos, jpegs=pending)
+        else:
+            batch = FrameBatch(
+                chunk,
+                {name: preprocess_frames(pending, pp) for name, pp in preps.items()},
+                spans,
+                videos,
+            )
         pending, spans, videos, chunk = [], [], [], chunk + 1
         return batch
 
     for position, sample in enumerate(samples):
-        frames = list(sample.frames or [])
+        frames = list(sample.jpegs if dali else sample.frames or [])
         if not frames:
             log.warning("%s: video %s has no frames; left out", extract.part, sample.key)
             continue
@@ -155,11 +166,13 @@ def decode_chunks(plan: Any) -> Iterator[FrameBatch]:
 class FeatureWorker:
     """Builds each view's backbone once, on the device Ray assigned, and runs batches.
 
-    `stats()` reports model builds, batches, seconds busy and seconds waiting for input (the gap
-    between finishing one batch and starting the next), from this actor's own clock.
+    `stats()` reports model builds, batches, frames it decoded from JPEG itself, seconds busy
+    and seconds waiting for input (the gap between finishing one batch and starting the next),
+    from this actor's own clock.
     """
 
-    def __init__(self, views: tuple, device: str, dtype: str, threads: int = 0) -> None:
+    def __init__(self, views: tuple, device: str, dtype: str, threads: int = 0,
+                 jpeg_decoder: str = "pillow", batch_size: int = 64) -> None:
         import torch
 
         from pipeline.devices import visible_gpu_ids, worker_device
@@ -169,55 +182,75 @@ class FeatureWorker:
             torch.set_num_threads(threads)
         self.device = worker_device(device)
         self.dtype = dtype
+        self.jpeg_decoder = jpeg_decoder
+        self.batch_size = batch_size
+        self.threads = threads
         self.gpu_ids = visible_gpu_ids()
         self.loaded = [load_view(v, self.device) for v in views]
         self.builds = len(self.loaded)
         self.batches = 0
+        self.jpegs = 0  # frames this worker decoded from JPEG itself (DALI)
         self.busy_s = 0.0
         self.wait_s = 0.0
         self._last_end: float | None = None
 
-    def layout(self, jpeg_decoder: str) -> dict:
+    def layout(self) -> dict:
+        """The part layout, recording the JPEG decoder this worker uses."""
         from pipeline.extract import view_layout
 
-        return view_layout(self.loaded, jpeg_decoder)
+        return view_layout(self.loaded, self.jpeg_decoder)
 
-    def forward(self, batch: FrameBatch) -> BatchOutputs:
+    def _inputs(self, batch: FrameBatch) -> dict[str, Any]:
+        """Each view's preprocessed batch as a torch tensor: as sent, or decoded here by DALI
+        from JPEG bytes (on this worker's GPU for dali-mixed) and preprocessed in torch."""
         import torch
 
+        from pipeline.jpeg_dali import dali_jpeg_decoder
+        from pipeline.preprocess import preprocess_tensors, view_preprocess
+
+        if batch.jpegs is None:
+            # Arrays arrive read-only from the object store; torch wants writable memory.
+            return {lv.view.name: torch.from_numpy(
+                np.require(batch.inputs[lv.view.name], requirements="W")) for lv in self.loaded}
+        decoder = dali_jpeg_decoder("mixed" if self.jpeg_decoder == "dali-mixed" else "cpu",
+                                    self.batch_size, self.threads or 1)
+        images = decoder.decode(batch.jpegs)
+        self.jpegs += len(images)
+        return {lv.view.name: preprocess_tensors(images, view_preprocess(lv.view.input_size))
+                for lv in self.loaded}
+
+    def forward(self, batch: FrameBatch) -> tuple[BatchOutputs, int]:
+        """The batch's outputs, and its frame count (a second, tiny return the driver reads
+        for progress while the outputs go to the writer)."""
         from pipeline.extract import forward_batch
 
         started = time.perf_counter()
         if self._last_end is not None:
             self.wait_s += started - self._last_end
-        outputs = {
-            # Arrays arrive read-only from the object store; torch wants writable memory.
-            lv.view.name: forward_batch(
-                lv,
-                torch.from_numpy(np.require(batch.inputs[lv.view.name], requirements="W")),
-                self.dtype,
-                self.device,
-            )
-            for lv in self.loaded
-        }
+        inputs = self._inputs(batch)  # JPEG decoding here counts as busy: it is this stage's
+        outputs = {lv.view.name: forward_batch(lv, inputs[lv.view.name], self.dtype, self.device)
+                   for lv in self.loaded}
         self._last_end = time.perf_counter()
         self.busy_s += self._last_end - started
         self.batches += 1
-        return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos)
+        frames = sum(count for _, count in batch.spans)
+        return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos), frames
 
     def stats(self) -> dict:
-        return {"builds": self.builds, "batches": self.batches, "busy_s": self.busy_s,
+        return {"builds": self.builds, "batches": self.batches, "jpegs": self.jpegs,
+                "jpeg_decoder": self.jpeg_decoder, "busy_s": self.busy_s,
                 "wait_s": self.wait_s, "gpu_ids": self.gpu_ids, "device": self.device}
 
 
 # ----------------------------------------------------------------------------- write (CPU)
 
 
-def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
-    """Fetch a shard's batch outputs (refs, so they travel from the actors straight here, not
-    through the driver), split them back into videos and write the part atomically."""
-    import ray
+def write_part(plan: Any, layout: dict, started: float, *outputs: BatchOutputs) -> Any:
+    """Split a shard's batch outputs back into videos and write the part atomically.
 
+    The outputs arrive as task arguments (refs resolved by Ray, so they travel from the actors
+    straight here, not through the driver); a batch that failed or was lost with its node fails
+    this task before it starts, and the driver decides whether that is worth another attempt."""
     from pipeline.devices import visible_gpu_ids
     from pipeline.extract import (
         ExtractResult,
@@ -230,10 +263,10 @@ def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
     done = finished_part(extract, time.perf_counter())
     if done is not None:  # an earlier attempt (restarted after a stall) finished it
         return done
-    outputs: list[BatchOutputs] = sorted(ray.get(refs), key=lambda o: o.chunk)
-    videos = {pos: (key, meta) for o in outputs for pos, key, meta in o.videos}
+    ordered = sorted(outputs, key=lambda o: o.chunk)
+    videos = {pos: (key, meta) for o in ordered for pos, key, meta in o.videos}
     pieces: dict[int, list[tuple[BatchOutputs, int, int]]] = {}
-    for o in outputs:
+    for o in ordered:
         offset = 0
         for pos, count in o.spans:
             pieces.setdefault(pos, []).append((o, offset, count))
@@ -261,25 +294,59 @@ def write_part(plan: Any, layout: dict, refs: list, started: float) -> Any:
 # ---------------------------------------------------------------------------------- driver
 
 
+def system_failure(ray: Any, exc: BaseException) -> bool:
+    """True when `exc` is Ray's, not the plan's: a dead worker or actor, a lost node or object,
+    also when it reached a later stage as an argument (wrapped in a RayTaskError). Such a
+    failure is worth another attempt; an exception the code raised would recur."""
+    while isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        if not isinstance(cause, ray.exceptions.RayError):
+            return False
+        exc = cause
+    return isinstance(exc, ray.exceptions.RayError)
+
+
 @dataclass
 class _Shard:
+    """A shard's progress through the pipeline in its current attempt."""
+
     position: int
     plan: Any
     started: float
     generator: Any = None
     decoded: bool = False
-    sent: int = 0
+    on_workers: int = 0  # batches sent to a worker and not back yet
     outputs: list = field(default_factory=list)
     failed: str | None = None
-    queued: bool = False  # handed to its writer task
+    decode_error: Exception | None = None
     restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return getattr(self.plan, "extract", self.plan).part
+
+    def reset(self) -> None:
+        """Forget the current attempt's work: the shard starts again from decoding."""
+        self.generator, self.decoded, self.on_workers, self.outputs = None, False, 0, []
+        self.decode_error = None
 
 
 class PoolRun:
-    """One run of plans through the pipeline; `run()` returns results in plan order."""
+    """One run of plans through the pipeline; `run()` returns results in plan order.
+
+    Retries are the driver's, per shard, not Ray's: decode tasks, worker calls and writer tasks
+    are not retried by Ray (an actor is restarted, its calls in flight fail). A shard whose
+    stage failed for a system reason (`system_failure`) starts again from decoding, at most
+    `max_retries` times; one whose code raised fails at once. Ray's own re-execution is kept
+    out because it hung under node loss: a lost batch was rebuilt by re-running its streaming
+    decode task, which then waited under generator backpressure for a consumer that had
+    already taken those items.
+    """
 
     def __init__(self, plans: Sequence[Any], settings: PoolSettings,
-                 on_result: Callable[[Any], None] | None = None) -> None:
+                 on_result: Callable[[Any], None] | None = None,
+                 counts: PipelineCounts | None = None,
+                 on_tick: Callable[[], None] | None = None) -> None:
         import ray
 
         self.ray = ray
@@ -289,20 +356,20 @@ class PoolRun:
         self.results: list[Any] = [None] * len(self.plans)
         self.failures: list[TaskFailure] = []
         self.worker_stats: list[dict] = []
-        self.batches_done = 0
-        self._clock_start = time.monotonic()
-        self._last_line = self._clock_start
+        self.counts = counts if counts is not None else PipelineCounts()
+        self.on_tick = on_tick
         first = getattr(self.plans[0], "extract", self.plans[0])
         self.first = first
         s = settings
         self._decode = ray.remote(
-            num_cpus=s.decode_cpus, num_returns="streaming", max_retries=s.max_retries,
-            retry_exceptions=False, _generator_backpressure_num_objects=s.prefetch,
+            num_cpus=s.decode_cpus, num_returns="streaming", max_retries=0,
+            _generator_backpressure_num_objects=s.prefetch,
         )(decode_chunks)
-        self._write = ray.remote(num_cpus=1, max_retries=s.max_retries,
-                                 retry_exceptions=False)(write_part)
+        self._write = ray.remote(num_cpus=1, max_retries=0)(write_part)
+        # max_restarts=-1: a worker lost with its node comes back (models rebuilt) for the
+        # shards still to do; the attempts that are bounded are each shard's.
         actor = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker,
-                           max_restarts=s.max_retries, max_task_retries=s.max_retries)
+                           max_restarts=-1, max_task_retries=0)
         self._actor_class = actor(FeatureWorker)
 
     def run(self) -> list[Any]:
@@ -341,27 +408,47 @@ class PoolRun:
     def _fail(self, shard: _Shard, reason: str, died: bool) -> None:
         if shard.failed is None:
             shard.failed = reason
-            attempts = self.settings.max_retries + 1 if died else 1
-            self.failures.append(TaskFailure(shard.position, shard.plan, reason, attempts, died))
-            log.error("%s failed: %s", getattr(shard.plan, "extract", shard.plan).part, reason)
+            self.failures.append(TaskFailure(shard.position, shard.plan, reason,
+                                             shard.restarts + 1, died))
+            log.error("%s failed: %s", shard.name, reason)
+
+    def _retry(self, shard: _Shard, reason: str, queue: list[_Shard]) -> None:
+        """Start a shard again from decoding, or fail it once its attempts are spent."""
+        if shard.restarts >= self.settings.max_retries:
+            self._fail(shard, reason, True)
+            return
+        shard.restarts += 1
+        log.warning("%s: attempt %d of %d after: %s", shard.name, shard.restarts + 1,
+                    self.settings.max_retries + 1, reason)
+        shard.reset()
+        queue.insert(0, shard)
+
+    def _layout(self, actors: list) -> dict:
+        """The store layout from a worker's models; a worker lost meanwhile is waited for."""
+        ray, attempts = self.ray, 0
+        while True:
+            try:
+                return ray.get(actors[0].layout.remote(), timeout=self.settings.stall_s)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                attempts += 1
+                if not system_failure(ray, exc) or attempts > self.settings.max_retries:
+                    raise
+                log.warning("backbone worker lost before its first batch (%s); waiting", exc)
 
     def _pipeline(self, todo: list[_Shard]) -> None:
         ray, s = self.ray, self.settings
-        f = self.first
-        actors = [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
-                  for _ in range(s.pool_size)]
-        # Decode tasks decode JPEGs with Pillow whatever --jpeg-decoder says (DALI's nvJPEG
-        # belongs on the GPU workers, not here); the store records what was really used.
-        layout = ray.get(actors[0].layout.remote("pillow"))
+        actors = [self._new_worker() for _ in range(s.pool_size)]
+        layout = self._layout(actors)
         load = {i: 0 for i in range(len(actors))}
         queue = list(todo)
         decoding: dict[Any, _Shard] = {}
-        inflight: dict[Any, tuple[_Shard, int]] = {}
+        inflight: dict[Any, tuple[_Shard, int, Any]] = {}
         writing: dict[Any, _Shard] = {}
         capacity = s.prefetch * len(actors)
         last_event = time.monotonic()
         try:
             while queue or decoding or inflight or writing:
+                self._count(decoding, inflight, writing)
                 while queue and len(decoding) < s.decode_ahead:
                     shard = queue.pop(0)
                     shard.generator = self._decode.remote(shard.plan)
@@ -369,8 +456,11 @@ class PoolRun:
                 waitables = list(inflight) + list(writing)
                 if len(inflight) < capacity:
                     waitables += list(decoding)
-                ready, _ = ray.wait(waitables, num_returns=1, timeout=STAGE_LINE_S)
-                if not ready:  # a stall (e.g. waiting for a lost node's work) says so
+                # fetch_local=False: outputs go from the workers to the writer tasks; the
+                # driver only needs to know they exist.
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=POLL_S,
+                                    fetch_local=False)
+                if not ready:  # a stall (e.g. waiting for a new node) says so
                     log.info("waiting: %d shard(s) decoding, %d batch(es) on workers, %d "
                              "part(s) writing", len(decoding), len(inflight), len(writing))
                     if time.monotonic() - last_event > s.stall_s:
@@ -381,38 +471,61 @@ class PoolRun:
                 last_event = time.monotonic()
                 for ref in ready:
                     if ref in decoding:
-                        self._next_batch(decoding, ref, actors, load, inflight)
+                        shard = self._next_batch(decoding, ref, actors, load, inflight)
                     elif ref in inflight:
-                        shard, actor = inflight.pop(ref)
+                        shard, actor, frames = inflight.pop(ref)
                         load[actor] -= 1
+                        shard.on_workers -= 1
                         shard.outputs.append(ref)  # errors surface in its writer task
-                        self.batches_done += 1
-                        self._stage_line(len(decoding), len(inflight), len(writing))
+                        self._counted(frames)
                     else:
                         shard = writing.pop(ref)
-                        try:
-                            self._finish(shard.position, ray.get(ref))
-                        except ray.exceptions.RayError as exc:
-                            self._fail(shard, str(exc), _died(ray, exc))
-                    for shard in self._complete(todo, decoding, inflight, writing):
-                        writing[self._write.remote(shard.plan, layout, shard.outputs,
-                                                   shard.started)] = shard
-            self.worker_stats = ray.get([a.stats.remote() for a in actors])
+                        self._written(shard, ref, queue)
+                        continue
+                    if shard.decoded and not shard.on_workers:
+                        if shard.decode_error is not None:  # reported by the generator itself
+                            self._failed(shard, shard.decode_error, queue)
+                        else:
+                            writing[self._write.remote(shard.plan, layout, shard.started,
+                                                       *shard.outputs)] = shard
+            self._count(decoding, inflight, writing)
+            self.worker_stats = self._stats(actors)
         finally:
             for a in actors:
                 ray.kill(a)
 
-    def _restart(self, actors, queue, decoding, inflight, writing) -> list:
-        """Start the shards in progress again with fresh workers, after a stall.
+    def _written(self, shard: _Shard, ref: Any, queue: list[_Shard]) -> None:
+        ray = self.ray
+        try:
+            self._finish(shard.position, ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            self._failed(shard, exc, queue)
 
-        Measured on a Cluster: when a node dies, a batch whose decode task ran there can stay
-        pending forever (the retried worker call waits for an object whose producer is itself
-        waiting, under generator backpressure, for the driver). Parts already written are
-        kept; each restart counts as an attempt of every shard in progress.
-        """
+    def _failed(self, shard: _Shard, exc: Exception, queue: list[_Shard]) -> None:
+        """Another attempt for Ray's failures, none for the code's own."""
+        if system_failure(self.ray, exc):
+            self._retry(shard, str(exc).strip().splitlines()[-1], queue)
+        else:
+            self._fail(shard, str(exc), False)
+
+    def _stats(self, actors: list) -> list[dict]:
+        """Each worker's stats; a worker that does not answer in time is left out (logged)."""
+        ray, stats = self.ray, []
+        for i, a in enumerate(actors):
+            try:
+                stats.append(ray.get(a.stats.remote(), timeout=POLL_S))
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                log.warning("worker %d gave no stats: %s", i, exc)
+        return stats
+
+    def _restart(self, actors, queue, decoding, inflight, writing) -> list:
+        """Start the shards in progress again with fresh workers, after nothing finished for
+        `stall_s` (a guard against hangs not seen in tests; a node loss is handled without
+        it). Parts already written are kept; each restart counts as an attempt of every shard
+        in progress."""
         ray, s = self.ray, self.settings
         stalled = list({id(x): x for x in [*decoding.values(), *writing.values(),
-                                            *(sh for sh, _ in inflight.values())]}.values())
+                                            *(v[0] for v in inflight.values())]}.values())
         log.warning("nothing finished for %.0f s: restarting %d shard(s) and the workers",
                     s.stall_s, len(stalled))
         for ref in [*decoding, *inflight, *writing]:
@@ -424,67 +537,62 @@ class PoolRun:
             ray.kill(a)
         decoding.clear(), inflight.clear(), writing.clear()
         for shard in sorted(stalled, key=lambda x: x.position, reverse=True):
-            shard.restarts += 1
-            if shard.restarts > s.max_retries:
-                self._fail(shard, f"no progress for {s.stall_s:g} s, {shard.restarts} times",
-                           True)
-                continue
-            shard.generator, shard.decoded, shard.sent = None, False, 0
-            shard.outputs, shard.queued = [], False
-            queue.insert(0, shard)
+            self._retry(shard, f"no progress for {s.stall_s:g} s", queue)
+        return [self._new_worker() for _ in range(len(actors))]
+
+    def _new_worker(self) -> Any:
         f = self.first
-        return [self._actor_class.remote(f.views, f.device, f.dtype, f.threads)
-                for _ in range(len(actors))]
+        return self._actor_class.remote(f.views, f.device, f.dtype, f.threads, f.jpeg_decoder,
+                                        f.batch_size)
 
-    def _stage_line(self, decoding: int, inflight: int, writing: int) -> None:
-        """Per-stage progress, at most every STAGE_LINE_S: backbone batches/s and queues."""
-        now = time.monotonic()
-        if now - self._last_line < STAGE_LINE_S:
-            return
-        self._last_line = now
-        rate = self.batches_done / max(now - self._clock_start, 1e-9)
-        log.info("stages: decoding %d shard(s) | backbones %d batches done, %.2f batches/s, "
-                 "%d queued | writing %d part(s)", decoding, self.batches_done, rate, inflight,
-                 writing)
+    def _count(self, decoding: dict, inflight: dict, writing: dict) -> None:
+        """Refresh what each stage holds now, then let the progress display look."""
+        c = self.counts
+        c.decoding, c.queued, c.writing = len(decoding), len(inflight), len(writing)
+        if self.on_tick is not None:
+            self.on_tick()
 
-    def _next_batch(self, decoding, gen, actors, load, inflight) -> None:
+    def _counted(self, frames_ref: Any) -> None:
+        """A batch came back from a worker: count it and its frames (a failed one's error
+        surfaces in its writer task, not here)."""
+        self.counts.batches += 1
+        try:
+            self.counts.frames += self.ray.get(frames_ref, timeout=POLL_S)
+        except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+            pass
+
+    def _next_batch(self, decoding, gen, actors, load, inflight) -> _Shard:
+        """Hand the decoder's next batch to the least loaded worker; at the end of its
+        batches, mark the shard decoded."""
         shard = decoding[gen]
         try:
             ref = next(gen)
         except StopIteration:
             shard.decoded = True
             del decoding[gen]
-            return
-        if shard.failed is not None:
-            return
+            return shard
+        except self.ray.exceptions.RayError as exc:  # usually an error ref instead; both count
+            shard.decoded, shard.decode_error = True, exc
+            del decoding[gen]
+            return shard
+        self.counts.decoded += 1
         actor = min(load, key=load.get)
         load[actor] += 1
-        shard.sent += 1
-        out = actors[actor].forward.remote(ref)
-        inflight[out] = (shard, actor)
-
-    def _complete(self, todo, decoding, inflight, writing) -> list[_Shard]:
-        """Shards whose decoding ended and whose batches are all back: ready to write."""
-        busy = {id(s) for s, _ in inflight.values()}
-        ready = []
-        for shard in todo:
-            if shard.decoded and not shard.queued and shard.failed is None and id(
-                    shard) not in busy:
-                shard.queued = True
-                ready.append(shard)
-        return ready
-
-
-def _died(ray: Any, exc: Exception) -> bool:
-    return not isinstance(exc, ray.exceptions.RayTaskError)
+        shard.on_workers += 1
+        outputs, frames = actors[actor].forward.options(num_returns=2).remote(ref)
+        inflight[outputs] = (shard, actor, frames)
+        return shard
 
 
 def run_pool(plans: Sequence[Any], settings: PoolSettings, *, mode: str = "local",
              address: str | None = None, on_result: Callable[[Any], None] | None = None,
-             stats: list | None = None) -> list[Any]:
+             stats: list | None = None, counts: PipelineCounts | None = None,
+             on_tick: Callable[[], None] | None = None) -> list[Any]:
     """Run extract (or build) plans through the pipeline; RunError if any shard failed.
 
-    `stats`, when given, receives each actor's `FeatureWorker.stats()` at the end.
+    `on_result` gets each finished part's result; `counts`, when given, is kept up to date
+    with what each stage did and holds, and `on_tick()` is called whenever it may have moved
+    (e.g. `Progress.tick`); `stats` receives each actor's `FeatureWorker.stats()` at the end.
     """
     import ray
 
@@ -492,7 +600,7 @@ def run_pool(plans: Sequence[Any], settings: PoolSettings, *, mode: str = "local
         return []
     started = connect(mode, address)
     try:
-        run = PoolRun(plans, settings, on_result)
+        run = PoolRun(plans, settings, on_result, counts, on_tick)
         try:
             return run.run()
         finally:

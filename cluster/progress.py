@@ -5,6 +5,10 @@ The reporter works off whatever result objects the unit of work returns (duck-ty
 and feature extraction share it. It writes to a stream (stderr by default) at most once per
 `interval` seconds, because a line per finished plan would flood a terminal on big runs, plus one
 summary line at the end. It is a user-facing display, not logging.
+
+A pipeline whose plans take long (the backbone worker pool: one shard can hold hours of video)
+passes `stages`, a callable that describes its stages (`PipelineCounts.describe`), and calls
+`tick()` as its stages move, so the line also appears between finished plans.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 
@@ -22,9 +27,57 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+@dataclass
+class PipelineCounts:
+    """What the stages of the backbone worker pool (cluster/gpu_pool.py) did so far in this run,
+    and hold now; the pool's driver updates it in place."""
+
+    decoding: int = 0  # shards whose decode task runs
+    decoded: int = 0  # batches the decode tasks handed over
+    queued: int = 0  # batches on the backbone workers
+    batches: int = 0  # batches through the backbones
+    frames: int = 0  # frames through the backbones
+    writing: int = 0  # parts being written
+
+    def describe(self, elapsed: float) -> str:
+        """Totals, with rates over `elapsed` seconds."""
+        t = max(elapsed, 1e-9)
+        return (f"decode: {self.decoding} shard(s) now, {self.decoded} batches "
+                f"({self.decoded / t:.2f}/s) | backbones: {self.batches} batches "
+                f"({self.batches / t:.2f}/s), {self.frames} frames ({self.frames / t:.1f}/s), "
+                f"{self.queued} queued | write: {self.writing} part(s) now")
+
+
+@dataclass
+class TaskStageTimes:
+    """Where the time of one-task-per-shard `c2f build` plans goes: each result carries its
+    seconds writing the shard (decode + JPEG encode) and extracting (JPEG decode + backbones);
+    rates are per task, so the slower stage is the one to give more resources."""
+
+    frames: int = 0
+    shard_s: float = 0.0
+    extract_s: float = 0.0
+
+    def add(self, result: object) -> None:
+        """Count a finished plan's stage seconds (plans found finished add nothing)."""
+        if getattr(result, "skipped", False) or not hasattr(result, "shard_seconds"):
+            return
+        self.frames += int(getattr(result, "frames", 0) or 0)
+        self.shard_s += float(result.shard_seconds)
+        self.extract_s += float(getattr(result, "extract_seconds", 0.0))
+
+    def describe(self, elapsed: float) -> str:
+        """Per-task rates of both stages; empty until a plan did work."""
+        if not self.frames:
+            return ""
+        return (f"per task: shard writing {self.frames / max(self.shard_s, 1e-9):.1f} frames/s, "
+                f"extraction {self.frames / max(self.extract_s, 1e-9):.1f} frames/s")
+
+
 class Progress:
     """Count finished plans and report rates; call `update(result)` per finished plan (it fits
-    `run_plans(on_result=...)`) and `close()` once at the end."""
+    `run_plans(on_result=...)`), `tick()` whenever `stages` may have moved, and `close()` once
+    at the end."""
 
     def __init__(
         self,
@@ -35,6 +88,7 @@ class Progress:
         interval: float = 2.0,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stages: Callable[[float], str] | None = None,
     ) -> None:
         self.total_plans = total_plans
         self.total_videos = total_videos
@@ -52,6 +106,7 @@ class Progress:
         self.work_videos = 0  # videos processed in this run (not in skipped plans)
         self.work_frames = 0
         self.lines_written = 0
+        self.stages = stages
 
     def update(self, result: object) -> None:
         ok = int(getattr(result, "videos_ok", getattr(result, "videos", 0)) or 0)
@@ -66,6 +121,10 @@ class Progress:
         else:
             self.work_videos += ok + failed
             self.work_frames += frames
+        self.tick()
+
+    def tick(self) -> None:
+        """Write the status line if `interval` seconds passed since the last one."""
         now = self.clock()
         if now - self.last_report >= self.interval:
             self.last_report = now
@@ -86,6 +145,9 @@ class Progress:
         parts.append(f"{frame_rate:.1f} frames/s")
         eta = self.eta(elapsed)
         parts.append(f"ETA {_fmt_duration(eta)}" if eta is not None else "ETA ?")
+        stages = self.stages(elapsed) if self.stages is not None else ""
+        if stages:
+            parts.append(stages)
         return " | ".join(parts)
 
     def eta(self, elapsed: float) -> float | None:
@@ -107,11 +169,13 @@ class Progress:
             if self.work_videos
             else "nothing left to do"
         )
-        return (
+        line = (
             f"done: {self.plans}/{self.total_plans} {self.unit} ({self.skipped} already finished), "
             f"{self.videos_ok} videos ok, {self.videos_failed} failed, {self.frames} frames in "
             f"{_fmt_duration(elapsed)} ({rates})"
         )
+        stages = self.stages(elapsed) if self.stages is not None else ""
+        return f"{line} | {stages}" if stages else line
 
     def close(self) -> str:
         """Write and return the summary line."""

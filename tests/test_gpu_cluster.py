@@ -28,6 +28,7 @@ from ray.cluster_utils import Cluster
 
 from cluster.cli import main as c2f
 from cluster.executor import RunError, run_plans
+from cluster.gpu_pool import system_failure
 from cluster.resources import (
     ClusterResourceError,
     TaskResources,
@@ -38,6 +39,7 @@ from cluster.resources import (
 from featstore import list_parts, open_store, part_path, validate
 from pipeline.build import build_shard, plan_build
 from pipeline.devices import visible_gpu_ids
+from pipeline.encode import extension_for
 from pipeline.extract import ExtractOptions, finalize_store
 from pipeline.failures import FailedPlan, read_failures, remove_orphan_temps, write_failures
 from pipeline.manifest import ManifestRow, read_manifest, rows_to_table, write_manifest
@@ -71,6 +73,15 @@ def test_reservations_follow_the_device_and_impossible_ones_are_refused() -> Non
     check_fits(no_gpu, no_gpu, TaskResources(1, 0))  # CPU-only stages need no GPU
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(1, 0.5)) == 4
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(2, 0)) == 8
+
+
+def test_only_failures_of_ray_itself_earn_a_shard_another_attempt() -> None:
+    crashed = ray.exceptions.WorkerCrashedError()
+    assert system_failure(ray, crashed) and system_failure(ray, ray.exceptions.ActorDiedError())
+    # A lost batch reaches the writer task as its argument: still Ray's failure.
+    assert system_failure(ray, ray.exceptions.RayTaskError("write_part", "tb", crashed))
+    assert not system_failure(ray, ray.exceptions.RayTaskError("decode", "tb", ValueError("x")))
+    assert not system_failure(ray, ValueError("x"))
 
 
 # ------------------------------------------------------------------------ the shared cluster
@@ -272,5 +283,75 @@ def test_driver_killed_mid_build_then_worker_pool_redoes_only_what_is_missing(
     workers = [line for line in printed.splitlines() if line.startswith("[c2f] worker")]
     assert len(workers) == 2 and all("1 model builds" in line for line in workers), printed
     assert {line.split("GPUs ")[1][0] for line in workers} == {"0", "1"}
+    index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
+    redone = sum(r["num_frames"] for r in index
+                 if Path(r["shard"]).stem not in {Path(n).stem for n in finished})
+    summary = next(line for line in printed.splitlines() if line.startswith("[c2f] done:"))
+    assert f"), {redone} frames (" in summary.split("backbones: ")[1], summary
     assert not (out / "store" / "failures.parquet").exists()
     assert_same_outputs(out, reference, exact=False)
+
+
+@pytest.mark.slow
+def test_pool_build_survives_losing_its_gpu_node(gpu_cluster, poisoned_manifest, reference,
+                                                 tmp_path, capsys, caplog):
+    """`c2f build --pool`: the only worker node (its backbone worker, decode and writer tasks)
+    removed without grace while shard 0's batches are on the worker, then a new node added;
+    the run ends by itself (no stall restart: that waits 600 s) with the shards in progress
+    done again and every part equal to the in-process run's."""
+    out = tmp_path / "run"
+    args = ["build", "--manifest", str(poisoned_manifest), "--shards-out", str(out / "shards"),
+            "--out", str(out / "store"), *BUILD_ARGS, "--address", gpu_cluster.address,
+            "--pool", "1", "--gpus-per-worker", "1", "--cpus-per-worker", "0.5",
+            "--prefetch", "1"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        driver = pool.submit(c2f, args)
+        wait_for(lambda: (out / "shards" / "shard-000000.tar").exists() or driver.done())
+        assert not driver.done() and len(list_parts(out / "store")) < 3
+        for victim in list(gpu_cluster.worker_nodes):
+            gpu_cluster.remove_node(victim, allow_graceful=False)
+        gpu_cluster.add_node(num_cpus=2, num_gpus=2)
+        code = driver.result(timeout=120)
+    printed = capsys.readouterr().err
+    assert code == 1, printed  # the poison video is a failed video, as in-process
+    retried = [r.getMessage() for r in caplog.records if "attempt 2 of 4" in r.getMessage()]
+    assert retried and all(m.startswith("shard-00000") for m in retried)
+    assert not (out / "store" / "failures.parquet").exists()
+    assert_same_outputs(out, reference, exact=False)
+
+
+@pytest.mark.slow
+def test_pool_workers_decode_jpegs_with_dali_from_shards_dali_decoded(gpu_cluster, tiny_dataset,
+                                                                      tmp_path, capsys):
+    """The DALI path of `c2f build --pool` that a GPU runs as `mixed` (video decode for the
+    shards, nvJPEG on the backbone workers), run here with DALI's CPU backend on the VP9
+    videos (what DALI decodes on CPU): the decode tasks ship JPEG bytes, the worker decodes
+    them with DALI, and the features equal the in-process DALI build's (within float16 steps:
+    the pool's batches span videos)."""
+    table = read_manifest(tiny_dataset.manifest)
+    rows = [ManifestRow(**r) for r in table.to_pylist() if r["path"].endswith(
+        extension_for("vp9"))]
+    assert len(rows) == 2
+    manifest = write_manifest(rows_to_table(rows), tmp_path / "vp9.parquet")
+    args = ["--manifest", str(manifest), "--fps", "1", "--short-side", "72", "--view", VIEW,
+            "--batch-size", "4", "--threads", "1", "--backend", "dali", "--jpeg-decoder", "dali"]
+    ref, out = tmp_path / "ref", tmp_path / "pool"
+    assert c2f(["build", *args, "--shards-out", str(ref / "shards"), "--out",
+                str(ref / "store"), "--mode", "inprocess"]) == 0
+    assert c2f(["build", *args, "--shards-out", str(out / "shards"), "--out",
+                str(out / "store"), "--address", gpu_cluster.address, "--pool", "1",
+                "--gpus-per-worker", "1", "--cpus-per-worker", "0.5"]) == 0
+    printed = capsys.readouterr().err
+    index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
+    assert {r["backend"] for r in index} == {"dali"}, index
+    got, want = open_store(out / "store"), open_store(ref / "store")
+    assert got.view_attrs("a")["jpeg_decoder"] == "dali-cpu" == want.view_attrs(
+        "a")["jpeg_decoder"]
+    assert sorted(got.video_ids()) == sorted(want.video_ids()) and len(want.video_ids()) == 2
+    for vid in want.video_ids():
+        np.testing.assert_allclose(got.read(vid, "a").astype(np.float32),
+                                   want.read(vid, "a").astype(np.float32), rtol=4e-3, atol=2e-3)
+    frames = sum(r["num_frames"] for r in index)
+    assert f"1 model builds, {-(-frames // 4)} batches, {frames} frames decoded here (dali-cpu)" \
+        in printed, printed
+    assert validate(out / "store") == []

@@ -4,9 +4,11 @@ a real local Ray head started with `ray start`. Data comes from the generated ti
 from __future__ import annotations
 
 import io
+import json
 import math
 import operator
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ from cluster.submit import JobOutcome, auth_headers
 from pipeline.manifest import read_manifest
 from pipeline.shards import ShardResult, finalize, plan_shards, write_shard
 from pipeline.types import FrameFormat, SamplingPlan
+from trainers.rundir import EVAL, SWEEP_TABLE
 
 
 def test_inprocess_failure_names_the_plan_and_keeps_the_rest() -> None:
@@ -140,10 +143,11 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
-    """A one-CPU Ray head with its job server, in its own session and temp folder; stopped by
-    signalling the processes it started (never `ray stop`, which would hit every Ray here)."""
+    """A one-CPU Ray head with its job server, in its own session and temp folder, shared by
+    this module's jobs (starting it takes ~15 s); stopped by signalling the processes it
+    started (never `ray stop`, which would hit every Ray here)."""
     gcs, dashboard, client, agent = free_ports(4)
     temp = Path(tempfile.mkdtemp(prefix="c2f-ray-", dir="/tmp"))  # short: socket path limit
     bin_dir = Path(sys.executable).parent
@@ -198,6 +202,38 @@ def test_submit_runs_c2f_shards_as_a_ray_job(ray_head, tiny_dataset, tmp_path, c
     assert "submitted job" in printed and "SUCCEEDED (exit code 0)" in printed
     assert '"videos_ok": 6' in printed  # the job's own output, streamed back
     assert pq.read_table(out / "index.parquet").num_rows == 6
+
+
+@pytest.mark.slow
+def test_submit_runs_train_and_sweep_as_ray_jobs_equal_to_direct_runs(ray_head, tmp_path,
+                                                                      capsys) -> None:
+    """`c2f train` and `c2f sweep --mode cluster` in a submitted job (the sweep's points run as
+    Ray tasks of the job's cluster) give the results of the sweep run here, point by point;
+    the submitted `train` is the sweep's frames=4 point (a sweep point is that `train`)."""
+    store = tmp_path / "store"
+    assert main(["synthetic", str(store), "--videos", "24", "--min-frames", "6",
+                 "--max-frames", "8", "--seed", "3"]) == 0
+    common = ["uniform", "--store", str(store), "--epochs", "1", "--batch-size", "8",
+              "--threads", "1"]
+    sweep = ["sweep", *common, "--knob", "frames=2,4"]
+    direct, job = tmp_path / "direct", tmp_path / "job"
+    assert main([*sweep, "--out", str(direct)]) == 0
+    capsys.readouterr()
+    train = ["c2f", "train", *common, "--set", "frames=4", "--out", str(job / "train")]
+    on_ray = ["c2f", *sweep, "--out", str(job / "sweep"), "--mode", "cluster",
+              "--gpus-per-trial", "0", "--cpus-per-trial", "0.5"]
+    # One job runs both, as a user's job script would: `c2f submit -- bash -c '...'`.
+    code = main(["submit", "--address", ray_head, "--", "bash", "-c",
+                 f"{shlex.join(train)} && {shlex.join(on_ray)}"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "SUCCEEDED (exit code 0)" in printed, printed
+    assert json.loads((job / "train" / EVAL).read_text()) == json.loads(
+        (direct / "frames=4" / EVAL).read_text())
+    table = (job / "sweep" / SWEEP_TABLE).read_text()
+    assert table == (direct / SWEEP_TABLE).read_text() and "frames=4" in table
+    for point in ("frames=2", "frames=4"):
+        assert json.loads((job / "sweep" / point / EVAL).read_text()) == json.loads(
+            (direct / point / EVAL).read_text())
 
 
 def test_submit_exits_with_the_driver_code_else_by_status() -> None:

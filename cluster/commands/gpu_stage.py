@@ -24,8 +24,9 @@ def add_gpu_args(p: argparse.ArgumentParser) -> None:
                    help="run the backbones in N long-lived Ray workers that build each model "
                    "once, fed fixed-size batches (--batch-size, spanning videos) by CPU decode "
                    "tasks (--cpus-per-task each), the next shard decoded while the current one "
-                   "runs; 0: one task per shard that decodes and runs the models itself "
-                   "(%(default)s)")
+                   "runs; with a DALI --jpeg-decoder the workers decode the JPEGs themselves "
+                   "(nvJPEG on CUDA); 0: one task per shard that decodes and runs the models "
+                   "itself (%(default)s)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N",
                    help="with --pool: CPUs each backbone worker holds for its life "
                    "(%(default)s)")
@@ -76,18 +77,20 @@ def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespa
     pool runs the same stages split across decode tasks, workers and writer tasks)."""
     from cluster.executor import RunError
     from cluster.gpu_pool import PoolSettings, run_pool
-    from cluster.progress import Progress
+    from cluster.progress import PipelineCounts, Progress
 
     settings = PoolSettings(pool_size=args.pool, gpus_per_worker=args.num_gpus,
                             cpus_per_worker=args.cpus_per_worker,
                             decode_cpus=args.cpus_per_task, prefetch=args.prefetch,
                             max_retries=args.max_retries)
-    progress = Progress(len(plans), total_videos=total_videos, unit="shards")
+    counts = PipelineCounts()
+    progress = Progress(len(plans), total_videos=total_videos, unit="shards",
+                        stages=counts.describe)
     mode = args.mode if args.address is None or args.mode != "local" else "cluster"
     stats: list[dict] = []
     try:
         run_pool(plans, settings, mode=mode, address=args.address, on_result=progress.update,
-                 stats=stats)
+                 stats=stats, counts=counts, on_tick=progress.tick)
     except RunError as exc:
         progress.close()
         if on_failures is not None:
@@ -99,7 +102,8 @@ def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespa
     for i, s in enumerate(stats):
         busy = s["busy_s"] / max(s["busy_s"] + s["wait_s"], 1e-9)
         print(f"[c2f] worker {i} ({s['device']}, GPUs {','.join(s['gpu_ids']) or '-'}): "
-              f"{s['builds']} model builds, {s['batches']} batches, busy {busy:.0%}",
+              f"{s['builds']} model builds, {s['batches']} batches, {s['jpegs']} frames "
+              f"decoded here ({s['jpeg_decoder']}), busy {busy:.0%}",
               file=sys.stderr)
     return True
 

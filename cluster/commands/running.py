@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.executor import DEFAULT_MAX_RETRIES, MODES, RunError, TaskFailure, run_plans
-from cluster.progress import Progress
+from cluster.progress import Progress, TaskStageTimes
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -39,13 +39,20 @@ def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
     a re-run finishes them. `on_failures` gets the failed plans (e.g. to write a failures
     table); the GPUs reserved per task and the retries of dead workers come from args.num_gpus /
     args.max_retries if set."""
-    progress = Progress(len(plans), total_videos=total_videos, unit="shards")
+    stage_times = TaskStageTimes()  # filled by results that time their stages (c2f build)
+    progress = Progress(len(plans), total_videos=total_videos, unit="shards",
+                        stages=stage_times.describe)
+
+    def on_result(result: Any) -> None:
+        stage_times.add(result)
+        progress.update(result)
+
     mode = args.mode if args.address is None or args.mode != "local" else "cluster"
     try:
         run_plans(fn, plans, mode=mode, address=args.address, num_cpus=args.cpus_per_task,
                   num_gpus=getattr(args, "num_gpus", 0.0),
                   max_retries=getattr(args, "max_retries", DEFAULT_MAX_RETRIES),
-                  on_result=progress.update)
+                  on_result=on_result)
     except RunError as exc:
         progress.close()
         if on_failures is not None:

@@ -20,6 +20,7 @@ number of steps and DDP cannot hang on a rank that ran out of data.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -155,12 +156,19 @@ def _normalise(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def draw_augment(height: int, width: int, spec: ClipSpec,
+                 rng: random.Random) -> tuple[tuple[int, int, int, int], bool]:
+    """The clip's crop box and flip, drawn in one fixed order so the PIL and DALI paths given
+    the same seed make the same clip."""
+    box = crop_box(height, width, spec.scales, rng)
+    return box, bool(spec.flip and rng.random() < 0.5)
+
+
 def train_clip(frames: Sequence[np.ndarray], spec: ClipSpec,
                rng: random.Random) -> dict[int, torch.Tensor]:
     """One crop box and one flip for the whole clip, resized to each size: {S: [T, 3, S, S]}."""
     h, w = frames[0].shape[:2]
-    top, left, ch, cw = crop_box(h, w, spec.scales, rng)
-    flip = spec.flip and rng.random() < 0.5
+    (top, left, ch, cw), flip = draw_augment(h, w, spec, rng)
     crops = [Image.fromarray(f[top:top + ch, left:left + cw]) for f in frames]
     if flip:
         crops = [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
@@ -182,12 +190,60 @@ def make_clip(sample: dict, spec: ClipSpec, rng: random.Random) -> tuple[dict, d
     return meta, (train_clip(frames, spec, rng) if spec.train else eval_clip(frames, spec))
 
 
+@dataclass(frozen=True)
+class RawClip:
+    """A clip not yet decoded: its picked JPEGs and (training) the crop box and flip drawn for
+    it, for a decoder that runs outside the loader (trainers/clips_dali.py)."""
+
+    jpegs: tuple[bytes, ...]
+    box: tuple[int, int, int, int] | None
+    flip: bool
+
+
+@dataclass
+class RawClipBatch:
+    """clips: one RawClip per video; targets: multi-hot [B, C]."""
+
+    clips: list[RawClip]
+    targets: torch.Tensor
+    video_ids: list[str]
+
+
+def jpeg_size(jpeg: bytes) -> tuple[int, int]:
+    """(height, width) of a JPEG from its header alone (no pixels decoded)."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        return image.height, image.width
+
+
+def make_raw_clip(sample: dict, spec: ClipSpec, rng: random.Random) -> tuple[dict, RawClip]:
+    """(meta, RawClip) of one raw sample: the same frames, crop and flip as `make_clip` draws
+    with the same rng, but the JPEGs stay bytes."""
+    meta = json.loads(sample["json"])
+    idx = frame_indices(int(meta["num_frames"]), spec.frames, spec.train, rng, spec.contiguous)
+    by_number = {int(k.split(".")[0]): k for k in sample if k.endswith(".jpg")}
+    jpegs = tuple(sample[by_number[i]] for i in idx)
+    if not spec.train:
+        return meta, RawClip(jpegs, None, False)
+    box, flip = draw_augment(*jpeg_size(jpegs[0]), spec, rng)
+    return meta, RawClip(jpegs, box, flip)
+
+
+def _targets(metas: Sequence[dict], class_index: dict[str, int]) -> torch.Tensor:
+    targets = torch.zeros(len(metas), len(class_index))
+    for i, meta in enumerate(metas):
+        targets[i, [class_index[c] for c in meta["labels"]]] = 1.0
+    return targets
+
+
 def collate_clips(items: list[tuple[dict, dict]], class_index: dict[str, int]) -> ClipBatch:
     clips = {s: torch.stack([c[s] for _, c in items]) for s in items[0][1]}
-    targets = torch.zeros(len(items), len(class_index))
-    for i, (meta, _) in enumerate(items):
-        targets[i, [class_index[c] for c in meta["labels"]]] = 1.0
-    return ClipBatch(clips, targets, [meta["video_id"] for meta, _ in items])
+    return ClipBatch(clips, _targets([m for m, _ in items], class_index),
+                     [meta["video_id"] for meta, _ in items])
+
+
+def collate_raw(items: list[tuple[dict, RawClip]], class_index: dict[str, int]) -> RawClipBatch:
+    return RawClipBatch([c for _, c in items], _targets([m for m, _ in items], class_index),
+                        [meta["video_id"] for meta, _ in items])
 
 
 class ClipLoader:
@@ -209,6 +265,7 @@ class ClipLoader:
         steps_per_epoch: int | None = None,
         seed: int = 0,
         shuffle_buffer: int = 64,
+        raw: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -222,6 +279,7 @@ class ClipLoader:
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.raw = raw
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -259,21 +317,22 @@ class ClipLoader:
             while len(buffer) > self.shuffle_buffer // 2:
                 yield buffer.pop()
 
-    def __iter__(self) -> Iterator[ClipBatch]:
+    def __iter__(self) -> Iterator[ClipBatch | RawClipBatch]:
+        make, collate = (make_raw_clip, collate_raw) if self.raw else (make_clip, collate_clips)
         rank = wds.utils.pytorch_worker_info()[0]
         rng = random.Random(f"{self.seed}-{self.epoch}-{rank}")
         self.epoch += 1
         if not self.spec.train:
             items = []
             for sample in self._samples():
-                items.append(make_clip(sample, self.spec, rng))
+                items.append(make(sample, self.spec, rng))
                 if len(items) == self.batch_size:
-                    yield collate_clips(items, self.class_index)
+                    yield collate(items, self.class_index)
                     items = []
             if items:
-                yield collate_clips(items, self.class_index)
+                yield collate(items, self.class_index)
             return
         samples = self._train_samples(rng)
         for _ in range(self.steps_per_epoch):
-            items = [make_clip(next(samples), self.spec, rng) for _ in range(self.batch_size)]
-            yield collate_clips(items, self.class_index)
+            items = [make(next(samples), self.spec, rng) for _ in range(self.batch_size)]
+            yield collate(items, self.class_index)

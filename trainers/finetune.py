@@ -41,6 +41,7 @@ from featstore.atomic import write_text
 from trainers import rundir
 from trainers.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from trainers.clips import ClipLoader, ClipSpec, scan_shards, shard_urls
+from trainers.clips_dali import DaliClipLoader, clip_loader, resolve_clip_decoder
 from trainers.encoder import ClipEncoder, EndToEnd, clip_sizes, parse_clip_view
 from trainers.evaluation import evaluate, evaluating, summary
 from trainers.finetune_arnet import BaseModelsFirst
@@ -95,7 +96,7 @@ class EncodedLoader:
     """A re-iterable of method Batches over a clip loader (for a method's `after_training`
     hook, which may iterate its loader more than once)."""
 
-    def __init__(self, model: EndToEnd, loader: ClipLoader) -> None:
+    def __init__(self, model: EndToEnd, loader: ClipLoader | DaliClipLoader) -> None:
         self.model, self.loader = model, loader
 
     def __iter__(self) -> Iterator[Batch]:
@@ -139,7 +140,7 @@ def build_model(cfg: FinetuneConfig) -> E2ESetup:
                     any(v.backbone in CLIP_BACKBONES for v in used))
 
 
-def encoded_batches(model: EndToEnd, loader: ClipLoader) -> Iterator[Batch]:
+def encoded_batches(model: EndToEnd, loader: ClipLoader | DaliClipLoader) -> Iterator[Batch]:
     """The loader's clips turned into method Batches by the encoder, walked with the shared
     `trainers.evaluation.evaluating` (eval mode, no grad, on the model's device), so the shared
     `evaluate` measures an end-to-end model exactly as a cached one."""
@@ -148,12 +149,12 @@ def encoded_batches(model: EndToEnd, loader: ClipLoader) -> Iterator[Batch]:
             yield model.encode(clip.clips, clip.targets, clip.video_ids)
 
 
-def evaluate_e2e(model: EndToEnd, loader: ClipLoader, info, state: TrainState) -> dict:
+def evaluate_e2e(model: EndToEnd, loader: ClipLoader | DaliClipLoader, info, state: TrainState) -> dict:
     """`trainers.evaluation.evaluate` of the method on the encoder's batches."""
     return evaluate(model.method, encoded_batches(model, loader), info, state)
 
 
-def precise_bn(model: EndToEnd, loader: ClipLoader, batches: int, device: torch.device) -> None:
+def precise_bn(model: EndToEnd, loader: ClipLoader | DaliClipLoader, batches: int, device: torch.device) -> None:
     """Recompute the trained backbones' BatchNorm running statistics as the plain average over
     `batches` batches of clips with the current weights ("precise BN", as SlowFast does), so
     eval-mode BatchNorm matches the weights it is used with; running averages with momentum
@@ -203,15 +204,17 @@ def train_worker(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None,
     model, info = setup.model.to(device), setup.info
     urls = shard_urls(cfg.shards)
     steps = cfg.steps_per_epoch or math.ceil(setup.train_videos / cfg.batch_size)
-    train_loader = ClipLoader(urls, ClipSpec(cfg.frames, setup.sizes, True, setup.contiguous),
-                              setup.classes,
-                              "train", cfg.batch_size // world, steps, cfg.seed)
+    dec = {"decoder": resolve_clip_decoder(cfg.jpeg_decoder, device), "device": device}
+    train_loader = clip_loader(urls, ClipSpec(cfg.frames, setup.sizes, True, setup.contiguous),
+                               setup.classes, "train", cfg.batch_size // world, steps, cfg.seed,
+                               **dec)
     eval_spec = ClipSpec(cfg.frames, setup.sizes, False, setup.contiguous)
-    val_loader = ClipLoader(urls, eval_spec, setup.classes, cfg.val_split, cfg.batch_size)
+    val_loader = clip_loader(urls, eval_spec, setup.classes, cfg.val_split, cfg.batch_size,
+                             **dec)
     if len(val_loader) == 0:
         log.warning("no %r videos: best.pt follows the training split", cfg.val_split)
-        val_loader = ClipLoader(urls, eval_spec, setup.classes, "train", cfg.batch_size)
-    bn_loader = ClipLoader(urls, eval_spec, setup.classes, "train", cfg.batch_size)
+        val_loader = clip_loader(urls, eval_spec, setup.classes, "train", cfg.batch_size, **dec)
+    bn_loader = clip_loader(urls, eval_spec, setup.classes, "train", cfg.batch_size, **dec)
     groups = param_groups(model.encoder, model.method, cfg.lr, cfg.backbone_lr_mult,
                           cfg.head_lr_mult)
     opt = make_optimizer(groups, cfg.optimizer, cfg.momentum, cfg.weight_decay)
@@ -332,14 +335,15 @@ def finish_run(cfg: FinetuneConfig, model: EndToEnd, info, classes: list[str],
     ck = load_checkpoint(best, map_location=device)
     model.load_state_dict(ck["model"])
     urls = shard_urls(cfg.shards)
+    dec = {"decoder": resolve_clip_decoder(cfg.jpeg_decoder, device), "device": device}
     spec = method_spec(cfg.method)
     if spec.after_training:
         # e.g. C2F measures its training error rates (eq. 5) on the final weights
-        train = ClipLoader(urls, eval_spec, classes, "train", cfg.batch_size)
+        train = clip_loader(urls, eval_spec, classes, "train", cfg.batch_size, **dec)
         load_ref(spec.after_training)(model.method, EncodedLoader(model, train))
         save_checkpoint(best, {**ck, "model": model.state_dict()})
     export_backbones(model.encoder, files.root)
-    loader = ClipLoader(urls, eval_spec, classes, cfg.eval_split, cfg.batch_size)
+    loader = clip_loader(urls, eval_spec, classes, cfg.eval_split, cfg.batch_size, **dec)
     if len(loader) == 0:
         raise ValueError(f"shards {cfg.shards} hold no {cfg.eval_split!r} videos")
     state.training = False

@@ -50,6 +50,9 @@ class FinetuneConfig:
     gpus_per_worker: GPUs each worker holds (0 = CPU and gloo). address: Ray cluster address
     (None = a local Ray). storage: checkpoint storage every node can read (required for a
     multi-node run). max_failures: worker failures Ray Train recovers from.
+    jpeg_decoder: pil (decode and augment in the loader), dali (DALI decodes each batch in
+    the main process, nvJPEG on CUDA; crop/flip/resize/normalise as torch ops on `device`:
+    trainers/clips_dali.py) or auto (dali when importable and the device is CUDA, else pil).
     """
 
     method: str = "uniform"
@@ -77,6 +80,7 @@ class FinetuneConfig:
     bf16: bool = True
     seed: int = 0
     device: str = "cpu"
+    jpeg_decoder: Literal["pil", "dali", "auto"] = "pil"
     val_split: str = "val"
     eval_split: str = "test"
     log_every: int = 20

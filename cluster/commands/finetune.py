@@ -43,7 +43,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             freeze=args.freeze or None, frames=args.frames, batch_size=args.batch_size,
             epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, address=args.address, storage=args.storage,
-            device=args.device, seed=args.seed)
+            device=args.device, seed=args.seed, jpeg_decoder=args.jpeg_decoder)
         run = finetune(cfg, stop_after_epochs=args.stop_after_epochs)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -85,6 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--storage", help="checkpoint storage every node sees (multi-node runs)")
     p.add_argument("--device", help="torch device of a single-process run (default cpu)")
+    p.add_argument("--jpeg-decoder", choices=("pil", "dali", "auto"),
+                   help="pil (default: decode and augment in the loader), dali (DALI decodes "
+                   "each batch, nvJPEG on CUDA, augmentation as torch ops on the device), auto "
+                   "(dali on CUDA when installed, else pil)")
     p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

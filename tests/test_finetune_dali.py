@@ -97,7 +97,7 @@ def test_finetune_with_the_dali_decoder_trains(shards, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     files = RunDir(run)
     assert files.finished()
-    assert json.loads((run / "config.json").read_text())["jpeg_decoder"] == "dali"
+    assert json.loads(files.config.read_text())["jpeg_decoder"] == "dali"
     steps = [json.loads(line) for line in files.metrics.read_text().splitlines()]
     losses = [r["loss"] for r in steps if r["kind"] == "step"]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

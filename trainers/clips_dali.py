@@ -98,6 +98,8 @@ class DaliClipLoader:
 
     def __iter__(self) -> Iterator[ClipBatch]:
         t = self.spec.frames
+        if self.device.type == "cuda":  # nvJPEG decodes onto this run's GPU
+            torch.cuda.set_device(self.device)
         decoder = dali_jpeg_decoder(self.dali_device, self.loader.batch_size * t, self.threads)
         for raw in self.loader:
             frames = decoder.decode([j for c in raw.clips for j in c.jpegs])

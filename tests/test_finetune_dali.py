@@ -101,3 +101,11 @@ def test_finetune_with_the_dali_decoder_trains(shards, tmp_path, capsys):
     steps = [json.loads(line) for line in files.metrics.read_text().splitlines()]
     losses = [r["loss"] for r in steps if r["kind"] == "step"]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    # the decoder says how the run executes, not what it learns: the same run re-run with
+    # Pillow is the same run (finished, nothing redone), not "a different config"
+    args = ["finetune", "uniform", "--shards", str(shards), "--out", str(run),
+            "--view", "fine=resnet18@32", "--frames", "4", "--batch-size", "2",
+            "--epochs", "1", "--jpeg-decoder", "pil", "--set", "steps_per_epoch=2",
+            "--set", "precise_bn_batches=1", "--set", "val_split=train"]
+    assert c2f(args) == 0, capsys.readouterr().err
+    assert files.metrics.read_text().count('"kind": "step"') == 2

@@ -87,9 +87,16 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+#: keys that say how a run executes, not what it learns: a run may resume with another value
+#: (e.g. started with Pillow on a CPU node, resumed with DALI on a GPU node: the clips agree
+#: within one grey level, tests/test_finetune_dali.py), and runs written before the key existed
+#: resume too
+EXECUTION_KEYS = ("jpeg_decoder",)
+
+
 def prepare_run_dir(run: Path, resolved: dict) -> bool:
     """Create RUN or check it holds the same config; True when that run already finished."""
-    return rundir.claim(RunDir(run), resolved)
+    return rundir.claim(RunDir(run), resolved, ignore=EXECUTION_KEYS)
 
 
 class EncodedLoader:

@@ -9,6 +9,7 @@ test videos for 600 recognitions (inference on cached features is cheap). Figure
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ from trainers.budget import BudgetController
 from trainers.config import RunConfig, config_from_dict, resolve_config
 from trainers.data import StoreInfo, ViewInfo, make_loader
 from trainers.method import Batch, TrainState
+from trainers.rundir import RunDir
 from trainers.synthetic import make_synthetic_store
 from trainers.train import evaluate, load_run, train
 
@@ -119,6 +121,24 @@ def test_runs_written_before_pool_existed_reload_with_the_mean():
     assert saved["method_config"]["pool"] == "lse"
     del saved["method_config"]["pool"]
     assert config_from_dict(saved).method_config.pool == "mean"
+
+
+def test_a_run_written_before_pool_existed_resumes_as_mean_and_refuses_lse(tmp_path):
+    """Its config.json has no `pool`: it is the same run as `pool=mean` (finished: nothing
+    redone), and a different run from today's default, which is refused by name."""
+    store = make_synthetic_store(tmp_path / "s", videos=24, classes=4, frames=(6, 8), seed=2)
+    sets = ["epochs=1", "batch_size=8", "views=coarse,fine"]
+    old = resolve_config("c2f", sets=[*sets, "pool=mean"], store=str(store),
+                         out=str(tmp_path / "run"))
+    run = train(old)
+    files = RunDir(run)
+    saved = json.loads(files.config.read_text())
+    del saved["method_config"]["pool"]
+    files.config.write_text(json.dumps(saved))
+    finished = files.eval.stat().st_mtime_ns
+    assert train(old) == run and files.eval.stat().st_mtime_ns == finished
+    with pytest.raises(ValueError, match="method_config.pool"):
+        train(resolve_config("c2f", sets=sets, store=str(store), out=str(run)))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,13 +150,18 @@ def config_differences(old: dict, new: dict, ignore: Collection[str] = ()) -> li
     return diff
 
 
-def claim(run: RunDir, resolved: dict, ignore: Collection[str] = ()) -> bool:
+def claim(run: RunDir, resolved: dict, ignore: Collection[str] = (),
+          read_old: Callable[[dict], dict] | None = None) -> bool:
     """Create RUN with `resolved` as its config, or check that it already holds that config
-    (ValueError naming the differing keys); True when that run has finished."""
+    (ValueError naming the differing keys); True when that run has finished.
+
+    read_old: turns the stored config into today's form (keys added since then take the values
+    that run trained with), so a run written before a key existed is compared on what it did."""
     if run.root.exists() and not run.root.is_dir():
         raise NotADirectoryError(f"{run.root} is a file, not a run directory")
     if run.config.exists():
-        diff = config_differences(json.loads(run.config.read_text()), resolved, ignore)
+        old = json.loads(run.config.read_text())
+        diff = config_differences(read_old(old) if read_old else old, resolved, ignore)
         if diff:
             raise ValueError(f"{run.root} holds a run with a different config ({', '.join(diff)} "
                              "differ): choose another --out or delete it")

@@ -59,7 +59,8 @@ def train(cfg: RunConfig, *, stop_after_epochs: int | None = None) -> Path:
     for split in ("train", cfg.eval_split):
         if not store.video_ids(split):
             raise ValueError(f"store {cfg.store} has no {split!r} videos")
-    if rundir.claim(run, resolved, ignore=EXECUTION_KEYS):
+    if rundir.claim(run, resolved, ignore=EXECUTION_KEYS,
+                    read_old=lambda old: config_from_dict(old).to_dict()):
         log.info("run %s already finished (%s exists): nothing to do", run.root, run.eval.name)
         return run.root
     device = torch.device(cfg.device)

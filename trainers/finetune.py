@@ -52,6 +52,7 @@ from trainers.finetune_stages import stage_frozen_views
 from trainers.method import Batch, TrainState
 from trainers.methods import load_ref, method_spec
 from trainers.rundir import BEST, LAST, RunDir
+from trainers.threads import apply_threads
 from trainers.train import stage_plan, write_eval
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ def finetune(cfg: FinetuneConfig, *, stop_after_epochs: int | None = None) -> Pa
             return files.root
         # the loop is handed over (not imported there), so finetune_ray needs nothing of here
         return finetune_with_ray(cfg, train_worker, stop_after_epochs=stop_after_epochs)
+    # the run sets its own intra-op threads (OMP_NUM_THREADS, else the CPUs this process may
+    # use, as `c2f train` does) instead of inheriting whatever the calling process left set
+    apply_threads(None)
     return train_worker(cfg, stop_after_epochs=stop_after_epochs)
 
 

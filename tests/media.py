@@ -186,3 +186,32 @@ def truncate_copy(src: str | Path, dst: str | Path, fraction: float) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
     return Path(dst)
+
+
+def class_split_shards(root: Path, videos: int, classes: int, train_per_class: int,
+                       frames: int) -> Path:
+    """Shards of generated stripe-pair videos (pipeline/synth.py) at 48 px, so the stripes
+    survive: the first `train_per_class` videos of each class are `train`, the rest `test`."""
+    import pyarrow as pa
+
+    from pipeline.manifest import read_manifest
+    from pipeline.shards import finalize, plan_shards, write_shard
+    from pipeline.synth import SynthConfig, make_synthetic_dataset
+    from pipeline.types import FrameFormat, SamplingPlan
+
+    make_synthetic_dataset(root, SynthConfig(videos=videos, classes=classes, seed=5, width=64,
+                                             height=48, fps=8.0, min_duration=2.0,
+                                             max_duration=3.0))
+    table = read_manifest(root / "manifest.parquet")
+    seen: dict[str, int] = {}
+    splits = []
+    for labels in table.column("labels").to_pylist():
+        seen[labels[0]] = seen.get(labels[0], 0) + 1
+        splits.append("train" if seen[labels[0]] <= train_per_class else "test")
+    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
+    out = root / "shards"
+    for plan in plan_shards(table, out, sampling=SamplingPlan(fps=None, frames=frames),
+                            fmt=FrameFormat(short_side=48), videos_per_shard=12):
+        write_shard(plan)
+    finalize(out)
+    return out

@@ -14,14 +14,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
+from media import class_split_shards
 
-from pipeline.manifest import read_manifest
-from pipeline.shards import finalize, plan_shards, write_shard
-from pipeline.synth import SynthConfig, make_synthetic_dataset
-from pipeline.types import FrameFormat, SamplingPlan
 from trainers import arnet
 from trainers.checkpoint import load_checkpoint
 from trainers.clips import ClipLoader, ClipSpec, shard_urls
@@ -40,22 +36,8 @@ SETS = ["head_lr_mult=1", "backbone_lr_mult=1", "warmup_epochs=0.5", "val_split=
 @pytest.fixture(scope="module")
 def pair_shards(tmp_path_factory) -> Path:
     """24 videos (8 per class: 5 train, 3 test), 8 frames each stored at 48 px."""
-    root = tmp_path_factory.mktemp("e2e_pairs")
-    make_synthetic_dataset(root, SynthConfig(videos=24, classes=3, seed=5, width=64, height=48,
-                                             fps=8.0, min_duration=2.0, max_duration=3.0))
-    table = read_manifest(root / "manifest.parquet")
-    seen: dict[str, int] = {}
-    splits = []
-    for labels in table.column("labels").to_pylist():
-        seen[labels[0]] = seen.get(labels[0], 0) + 1
-        splits.append("train" if seen[labels[0]] <= TRAIN_PER_CLASS else "test")
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
-    out = root / "shards"
-    for plan in plan_shards(table, out, sampling=SamplingPlan(fps=None, frames=8),
-                            fmt=FrameFormat(short_side=48), videos_per_shard=12):
-        write_shard(plan)
-    finalize(out)
-    return out
+    return class_split_shards(tmp_path_factory.mktemp("e2e_pairs"), videos=24, classes=3,
+                              train_per_class=TRAIN_PER_CLASS, frames=8)
 
 
 def _trained(cfg):

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from media import class_split_shards
 
 from backbones.weights import file_sha256
 from cluster.cli import main as c2f
@@ -182,22 +183,8 @@ def test_two_ray_train_workers_split_shards_and_follow_one_worker(ray_local, sma
 def detail_shards(tmp_path_factory) -> Path:
     """24 videos of 4 classes whose pairs differ only in fine stripes (pipeline/synth.py);
     4 train + 2 test videos per class, stored at 48 px so the stripes survive."""
-    root = tmp_path_factory.mktemp("e2e_detail")
-    make_synthetic_dataset(root, SynthConfig(videos=24, classes=4, seed=5, width=64, height=48,
-                                             fps=8.0, min_duration=2.0, max_duration=3.0))
-    table = read_manifest(root / "manifest.parquet")
-    seen: dict[str, int] = {}
-    splits = []
-    for labels in table.column("labels").to_pylist():
-        seen[labels[0]] = seen.get(labels[0], 0) + 1
-        splits.append("train" if seen[labels[0]] <= 4 else "test")
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
-    out = root / "shards"
-    for plan in plan_shards(table, out, sampling=SamplingPlan(fps=None, frames=STORED_FRAMES),
-                            fmt=FrameFormat(short_side=48), videos_per_shard=12):
-        write_shard(plan)
-    finalize(out)
-    return out
+    return class_split_shards(tmp_path_factory.mktemp("e2e_detail"), videos=24, classes=4,
+                              train_per_class=4, frames=STORED_FRAMES)
 
 
 @pytest.mark.slow

@@ -101,14 +101,14 @@ for backend in ("dali", "pyav"):
           f"{len(video.frames) / secs:.0f} sampled frames/s ({video.info.get('backend')})")
 EOF
 
-say "3. c2f build end to end: pool on the GPU, DALI decode"
+say "3. c2f build end to end: pool on the GPU, videos (NVDEC) and JPEGs (nvJPEG) decoded there"
 "$VPY" -m cluster.cli synth --out "$WORK/data" --videos 96 --classes 8 --width 640 \
     --height 360 --fps 30 --min-duration 150 --max-duration 180 --codecs h264 >/dev/null
 BUILD_START=$(date +%s.%N)
 "$VPY" -m cluster.cli build --manifest "$WORK/data/manifest.parquet" \
     --shards-out "$WORK/shards" --out "$WORK/store" --fps 1 --backend dali \
     --view coarse=mobilenet_v2@112 --view fine=resnet101@224 --device cuda --dtype bf16 \
-    --batch-size 256 --pool 1 --gpus-per-worker 1 --videos-per-shard 8 \
+    --batch-size 256 --pool 1 --gpus-per-worker 1 --videos-per-shard 8 --jpeg-decoder dali \
     --cpus-per-task 1 --mode local 2>"$WORK/build.err" >"$WORK/build.json" || true
 BUILD_END=$(date +%s.%N)
 grep -E '^\[c2f\] (worker|done)' "$WORK/build.err" || tail -20 "$WORK/build.err"

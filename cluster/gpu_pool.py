@@ -19,8 +19,13 @@ the driver keeps an explicit, bounded queue and knows which shard every batch be
   GPU Ray assigned to them for life (`num_gpus`, fractional allowed), and run batches.
   At most `prefetch` batches wait per actor, the next one already delivered while the current
   one runs; the driver stops reading decoders when that bound is reached (backpressure).
-* Streaming: `decode_ahead` shards are decoded at once, so shard k+1 is decoded while shard k
-  is on the actors.
+* Videos on the workers (`video_decode="workers"`, `c2f build` with the DALI backend on a
+  GPU): each worker writes up to `decode_ahead` shards at once itself, decoding the videos
+  with DALI `mixed` (NVDEC) on its own GPU, in threads of their own (a Ray concurrency group)
+  so its batches keep running meanwhile; the decode task then only reads the finished tar. A CPU decode task hides every
+  GPU from its decoder (it reserved none), so there `auto` decodes with PyAV.
+* Streaming: `decode_ahead` shards per worker are decoded at once, so shard k+1 is decoded
+  while shard k is on the actors, and more workers get more decoders.
 * Writing: when a shard's last batch is back, a CPU task writes its part (same writer as the
   in-process path) under a temporary name and renames it.
 
@@ -57,13 +62,33 @@ class PoolSettings:
     cpus_per_worker: float = 1.0
     decode_cpus: float = 1.0
     prefetch: int = 2
-    decode_ahead: int = 2
+    decode_ahead: int = 2  # per worker
     max_retries: int = 3
     stall_s: float = 600.0  # nothing finished for this long: restart the shards in progress
+    video_decode: str = "tasks"  # where `c2f build` decodes videos: "tasks" or "workers"
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.prefetch < 1 or self.decode_ahead < 1:
             raise ValueError(f"pool_size, prefetch and decode_ahead must be >= 1: {self}")
+        if self.video_decode not in VIDEO_DECODE_SITES:
+            raise ValueError(f"video_decode must be one of {VIDEO_DECODE_SITES}, "
+                             f"got {self.video_decode!r}")
+
+
+VIDEO_DECODE_SITES = ("tasks", "workers")
+
+
+def video_decode_site(choice: str, backend: str, device: str) -> str:
+    """Where a pool build decodes its videos. `auto`: on the backbone workers when DALI is
+    asked for, or may be chosen (`auto` backend) where the workers hold GPUs, since only they
+    reserved a GPU for NVDEC; on CPU decode tasks otherwise."""
+    if choice != "auto":
+        if choice not in VIDEO_DECODE_SITES:
+            raise ValueError(f"video decode site must be auto or one of {VIDEO_DECODE_SITES}, "
+                             f"got {choice!r}")
+        return choice
+    return "workers" if backend == "dali" or (backend == "auto" and device == "cuda") \
+        else "tasks"
 
 
 @dataclass
@@ -94,13 +119,14 @@ class BatchOutputs:
 
 
 def _shard_samples(plan: Any, decode_frames: bool) -> tuple[Any, Iterator]:
-    """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard."""
+    """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard
+    with every GPU hidden from the decoder (this task reserved none)."""
     from pipeline.reader import iter_shard
     from pipeline.shards import write_shard
 
     extract = getattr(plan, "extract", plan)
     if extract is not plan:
-        write_shard(plan.shard)
+        write_shard(plan.shard, visible_gpus="")
     return extract, iter_shard(extract.shard, decode_frames=decode_frames)
 
 
@@ -164,11 +190,12 @@ def decode_chunks(plan: Any) -> Iterator[FrameBatch]:
 
 
 class FeatureWorker:
-    """Builds each view's backbone once, on the device Ray assigned, and runs batches.
+    """Builds each view's backbone once, on the device Ray assigned, and runs batches; with
+    videos decoded on the workers, also writes shards (`write_shard`, in its own thread).
 
-    `stats()` reports model builds, batches, frames it decoded from JPEG itself, seconds busy
-    and seconds waiting for input (the gap between finishing one batch and starting the next),
-    from this actor's own clock.
+    `stats()` reports model builds, batches, frames it decoded from JPEG itself, videos it
+    decoded, seconds busy and seconds waiting for input (the gap between finishing one batch
+    and starting the next), from this actor's own clock.
     """
 
     def __init__(self, views: tuple, device: str, dtype: str, threads: int = 0,
@@ -190,6 +217,8 @@ class FeatureWorker:
         self.builds = len(self.loaded)
         self.batches = 0
         self.jpegs = 0  # frames this worker decoded from JPEG itself (DALI)
+        self.videos = 0  # videos this worker decoded into shards itself
+        self.video_s = 0.0
         self.busy_s = 0.0
         self.wait_s = 0.0
         self._last_end: float | None = None
@@ -236,10 +265,23 @@ class FeatureWorker:
         frames = sum(count for _, count in batch.spans)
         return BatchOutputs(batch.chunk, outputs, batch.spans, batch.videos), frames
 
+    def write_shard(self, plan: Any) -> Any:
+        """Write one shard, its videos decoded by a child process that inherits this worker's
+        CUDA_VISIBLE_DEVICES: DALI `mixed` decodes on the GPU Ray gave this worker. Called in
+        the "videos" concurrency group, beside the batches."""
+        from pipeline.shards import write_shard
+
+        result = write_shard(plan)
+        if not result.skipped:
+            self.videos += result.videos_ok + result.videos_failed
+            self.video_s += result.seconds
+        return result
+
     def stats(self) -> dict:
         return {"builds": self.builds, "batches": self.batches, "jpegs": self.jpegs,
                 "jpeg_decoder": self.jpeg_decoder, "busy_s": self.busy_s,
-                "wait_s": self.wait_s, "gpu_ids": self.gpu_ids, "device": self.device}
+                "wait_s": self.wait_s, "gpu_ids": self.gpu_ids, "device": self.device,
+                "videos": self.videos, "video_s": self.video_s}
 
 
 # ----------------------------------------------------------------------------- write (CPU)
@@ -320,6 +362,7 @@ class _Shard:
     failed: str | None = None
     decode_error: Exception | None = None
     restarts: int = 0
+    writer: int | None = None  # the worker that writes this shard (videos decoded there)
 
     @property
     def name(self) -> str:
@@ -328,7 +371,7 @@ class _Shard:
     def reset(self) -> None:
         """Forget the current attempt's work: the shard starts again from decoding."""
         self.generator, self.decoded, self.on_workers, self.outputs = None, False, 0, []
-        self.decode_error = None
+        self.decode_error, self.writer = None, None
 
 
 class PoolRun:
@@ -368,8 +411,11 @@ class PoolRun:
         self._write = ray.remote(num_cpus=1, max_retries=0)(write_part)
         # max_restarts=-1: a worker lost with its node comes back (models rebuilt) for the
         # shards still to do; the attempts that are bounded are each shard's.
+        # The "videos" group: a worker writing shards keeps running batches in its default
+        # group (one at a time) meanwhile.
         actor = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker,
-                           max_restarts=-1, max_task_retries=0)
+                           max_restarts=-1, max_task_retries=0,
+                           concurrency_groups={"videos": s.decode_ahead})
         self._actor_class = actor(FeatureWorker)
 
     def run(self) -> list[Any]:
@@ -441,7 +487,7 @@ class PoolRun:
         layout = self._layout(actors)
         load = {i: 0 for i in range(len(actors))}
         queue = list(todo)
-        decoding: dict[Any, _Shard] = {}
+        decoding: dict[Any, _Shard] = {}  # streaming decode tasks, and shards on workers
         inflight: dict[Any, tuple[_Shard, int, Any]] = {}
         writing: dict[Any, _Shard] = {}
         capacity = s.prefetch * len(actors)
@@ -449,13 +495,12 @@ class PoolRun:
         try:
             while queue or decoding or inflight or writing:
                 self._count(decoding, inflight, writing)
-                while queue and len(decoding) < s.decode_ahead:
-                    shard = queue.pop(0)
-                    shard.generator = self._decode.remote(shard.plan)
-                    decoding[shard.generator] = shard
+                while queue and len(decoding) < s.decode_ahead * len(actors):
+                    self._start_decoding(queue.pop(0), actors, decoding)
                 waitables = list(inflight) + list(writing)
+                waitables += [r for r, x in decoding.items() if x.generator is not r]
                 if len(inflight) < capacity:
-                    waitables += list(decoding)
+                    waitables += [r for r, x in decoding.items() if x.generator is r]
                 # fetch_local=False: outputs go from the workers to the writer tasks; the
                 # driver only needs to know they exist.
                 ready, _ = ray.wait(waitables, num_returns=1, timeout=POLL_S,
@@ -470,6 +515,9 @@ class PoolRun:
                     continue
                 last_event = time.monotonic()
                 for ref in ready:
+                    if ref in decoding and decoding[ref].generator is not ref:
+                        self._shard_written(decoding, ref, queue)
+                        continue
                     if ref in decoding:
                         shard = self._next_batch(decoding, ref, actors, load, inflight)
                     elif ref in inflight:
@@ -493,6 +541,32 @@ class PoolRun:
         finally:
             for a in actors:
                 ray.kill(a)
+
+    def _start_decoding(self, shard: _Shard, actors: list, decoding: dict) -> None:
+        """A decode task for the shard; for a build whose videos the workers decode, first
+        the shard's write on the worker writing the fewest."""
+        if self.settings.video_decode == "workers" and hasattr(shard.plan, "shard"):
+            busy = [sum(1 for x in decoding.values() if x.writer == i and x.generator is None)
+                    for i in range(len(actors))]
+            shard.writer = busy.index(min(busy))
+            ref = actors[shard.writer].write_shard.options(
+                concurrency_group="videos").remote(shard.plan.shard)
+            decoding[ref] = shard
+            return
+        shard.generator = self._decode.remote(shard.plan)
+        decoding[shard.generator] = shard
+
+    def _shard_written(self, decoding: dict, ref: Any, queue: list[_Shard]) -> None:
+        """A worker finished writing a shard: stream its batches from the tar, or count the
+        attempt when the worker was lost meanwhile."""
+        shard = decoding.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            self._failed(shard, exc, queue)
+            return
+        shard.generator = self._decode.remote(shard.plan.extract)
+        decoding[shard.generator] = shard
 
     def _written(self, shard: _Shard, ref: Any, queue: list[_Shard]) -> None:
         ray = self.ray

@@ -28,7 +28,7 @@ from ray.cluster_utils import Cluster
 
 from cluster.cli import main as c2f
 from cluster.executor import RunError, run_plans
-from cluster.gpu_pool import system_failure
+from cluster.gpu_pool import system_failure, video_decode_site
 from cluster.resources import (
     ClusterResourceError,
     TaskResources,
@@ -73,6 +73,24 @@ def test_reservations_follow_the_device_and_impossible_ones_are_refused() -> Non
     check_fits(no_gpu, no_gpu, TaskResources(1, 0))  # CPU-only stages need no GPU
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(1, 0.5)) == 4
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(2, 0)) == 8
+
+
+def test_videos_are_decoded_where_a_gpu_was_reserved_for_it(tiny_dataset, tmp_path,
+                                                            capsys) -> None:
+    """Only the backbone workers reserve GPUs, so NVDEC decoding goes there; PyAV stays on
+    CPU decode tasks; an explicit choice wins; --video-decode workers needs --pool."""
+    assert video_decode_site("auto", "dali", "cpu") == "workers"
+    assert video_decode_site("auto", "auto", "cuda") == "workers"
+    assert video_decode_site("auto", "auto", "cpu") == "tasks"
+    assert video_decode_site("auto", "pyav", "cuda") == "tasks"
+    assert video_decode_site("tasks", "dali", "cuda") == "tasks"
+    with pytest.raises(ValueError, match="video decode site"):
+        video_decode_site("gpu", "dali", "cuda")
+    assert c2f(["build", "--manifest", str(tiny_dataset.manifest), "--shards-out",
+                str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--view", VIEW,
+                "--video-decode", "workers"]) == 2
+    assert "--video-decode workers needs the worker pool" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_only_failures_of_ray_itself_earn_a_shard_another_attempt() -> None:
@@ -293,20 +311,25 @@ def test_driver_killed_mid_build_then_worker_pool_redoes_only_what_is_missing(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("video_decode", ["tasks", "workers"])
 def test_pool_build_survives_losing_its_gpu_node(gpu_cluster, poisoned_manifest, reference,
-                                                 tmp_path, capsys, caplog):
+                                                 tmp_path, capsys, caplog, video_decode):
     """`c2f build --pool`: the only worker node (its backbone worker, decode and writer tasks)
-    removed without grace while shard 0's batches are on the worker, then a new node added;
-    the run ends by itself (no stall restart: that waits 600 s) with the shards in progress
-    done again and every part equal to the in-process run's."""
+    removed without grace while shard 0's batches are on the worker (and, with videos decoded
+    on the worker, shard 1 is being written there), then a new node added; the run ends by
+    itself (no stall restart: that waits 600 s) with the shards in progress done again and
+    every shard and part equal to the in-process run's."""
     out = tmp_path / "run"
     args = ["build", "--manifest", str(poisoned_manifest), "--shards-out", str(out / "shards"),
             "--out", str(out / "store"), *BUILD_ARGS, "--address", gpu_cluster.address,
             "--pool", "1", "--gpus-per-worker", "1", "--cpus-per-worker", "0.5",
-            "--prefetch", "1"]
+            "--prefetch", "1", "--video-decode", video_decode]
+    # Tasks: shard 0 written means its batches are about to reach the worker. Workers: the
+    # worker is writing shard 0 (its poison video holds the decoder for 3 s).
+    started = "shard-000000.tar" if video_decode == "tasks" else ".shard-000000.tar.tmp-*"
     with ThreadPoolExecutor(max_workers=1) as pool:
         driver = pool.submit(c2f, args)
-        wait_for(lambda: (out / "shards" / "shard-000000.tar").exists() or driver.done())
+        wait_for(lambda: any((out / "shards").glob(started)) or driver.done())
         assert not driver.done() and len(list_parts(out / "store")) < 3
         for victim in list(gpu_cluster.worker_nodes):
             gpu_cluster.remove_node(victim, allow_graceful=False)
@@ -321,13 +344,14 @@ def test_pool_build_survives_losing_its_gpu_node(gpu_cluster, poisoned_manifest,
 
 
 @pytest.mark.slow
-def test_pool_workers_decode_jpegs_with_dali_from_shards_dali_decoded(gpu_cluster, tiny_dataset,
-                                                                      tmp_path, capsys):
-    """The DALI path of `c2f build --pool` that a GPU runs as `mixed` (video decode for the
-    shards, nvJPEG on the backbone workers), run here with DALI's CPU backend on the VP9
-    videos (what DALI decodes on CPU): the decode tasks ship JPEG bytes, the worker decodes
-    them with DALI, and the features equal the in-process DALI build's (within float16 steps:
-    the pool's batches span videos)."""
+def test_pool_workers_decode_videos_and_jpegs_with_dali(gpu_cluster, tiny_dataset, tmp_path,
+                                                        capsys):
+    """The DALI path of `c2f build --pool` that a GPU runs as `mixed` (NVDEC video decode and
+    nvJPEG, both on the backbone workers), run here with DALI's CPU backend on the VP9 videos
+    (what DALI decodes on CPU): the worker writes the shards itself (--backend dali puts video
+    decoding on the workers), the decode tasks ship JPEG bytes, the worker decodes them with
+    DALI, and shards and features equal the in-process DALI build's (features within float16
+    steps: the pool's batches span videos)."""
     table = read_manifest(tiny_dataset.manifest)
     rows = [ManifestRow(**r) for r in table.to_pylist() if r["path"].endswith(
         extension_for("vp9"))]
@@ -344,6 +368,8 @@ def test_pool_workers_decode_jpegs_with_dali_from_shards_dali_decoded(gpu_cluste
     printed = capsys.readouterr().err
     index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
     assert {r["backend"] for r in index} == {"dali"}, index
+    for tar in sorted((ref / "shards").glob("shard-*.tar")):
+        assert (out / "shards" / tar.name).read_bytes() == tar.read_bytes()
     got, want = open_store(out / "store"), open_store(ref / "store")
     assert got.view_attrs("a")["jpeg_decoder"] == "dali-cpu" == want.view_attrs(
         "a")["jpeg_decoder"]
@@ -354,4 +380,5 @@ def test_pool_workers_decode_jpegs_with_dali_from_shards_dali_decoded(gpu_cluste
     frames = sum(r["num_frames"] for r in index)
     assert f"1 model builds, {-(-frames // 4)} batches, {frames} frames decoded here (dali-cpu)" \
         in printed, printed
+    assert "2 videos decoded into shards here" in printed, printed
     assert validate(out / "store") == []

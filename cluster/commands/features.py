@@ -95,6 +95,12 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="feature store folder (path or s3://…)")
     add_shard_args(p)
     add_extraction_args(p)
+    p.add_argument("--video-decode", choices=("auto", "tasks", "workers"), default="auto",
+                   help="with --pool: where videos are decoded into shards. workers: by the "
+                   "backbone workers, beside their batches (DALI mixed/NVDEC on their own GPU); "
+                   "tasks: by CPU decode tasks, which see no GPU. auto: workers for --backend "
+                   "dali, and for --backend auto with --device cuda; tasks otherwise "
+                   "(%(default)s)")
     p.set_defaults(handler=_build)
 
 

@@ -25,14 +25,19 @@ def add_gpu_args(p: argparse.ArgumentParser) -> None:
                    "once, fed fixed-size batches (--batch-size, spanning videos) by CPU decode "
                    "tasks (--cpus-per-task each), the next shard decoded while the current one "
                    "runs; with a DALI --jpeg-decoder the workers decode the JPEGs themselves "
-                   "(nvJPEG on CUDA); 0: one task per shard that decodes and runs the models "
-                   "itself (%(default)s)")
+                   "(nvJPEG on CUDA), and with `c2f build --backend dali` the videos too (NVDEC "
+                   "on CUDA; see --video-decode); 0: one task per shard that decodes and runs "
+                   "the models itself (%(default)s)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N",
                    help="with --pool: CPUs each backbone worker holds for its life "
                    "(%(default)s)")
     p.add_argument("--prefetch", type=int, default=2, metavar="N",
                    help="with --pool: batches queued per worker before decoding pauses "
                    "(%(default)s)")
+    p.add_argument("--decode-ahead", type=int, default=2, metavar="N",
+                   help="with --pool: shards being decoded per worker, so the next shard is "
+                   "ready when one ends; with videos decoded on the workers, the shards each "
+                   "worker writes at once (%(default)s)")
 
 
 def resolve_stage_resources(args: argparse.Namespace) -> None:
@@ -43,10 +48,12 @@ def resolve_stage_resources(args: argparse.Namespace) -> None:
     args.num_gpus = gpus_for_stage(args.device, args.gpus_per_worker)
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
-    if args.pool < 0 or args.prefetch < 1:
-        raise ValueError("--pool must be >= 0 and --prefetch >= 1")
+    if args.pool < 0 or args.prefetch < 1 or args.decode_ahead < 1:
+        raise ValueError("--pool must be >= 0, --prefetch and --decode-ahead >= 1")
     if args.pool and args.mode == "inprocess":
         raise ValueError("--pool runs on Ray: use --mode local or cluster")
+    if getattr(args, "video_decode", "auto") == "workers" and not args.pool:
+        raise ValueError("--video-decode workers needs the worker pool: add --pool N")
     if args.mode == "inprocess" and args.address is None:
         from pipeline.devices import worker_device
 
@@ -76,13 +83,17 @@ def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespa
     """As running.run_with_progress, through the backbone worker pool (`fn` is not used: the
     pool runs the same stages split across decode tasks, workers and writer tasks)."""
     from cluster.executor import RunError
-    from cluster.gpu_pool import PoolSettings, run_pool
+    from cluster.gpu_pool import PoolSettings, run_pool, video_decode_site
     from cluster.progress import PipelineCounts, Progress
 
+    site = "tasks"
+    if hasattr(args, "video_decode"):  # `c2f build`: its videos are decoded too
+        site = video_decode_site(args.video_decode, args.backend, args.device)
     settings = PoolSettings(pool_size=args.pool, gpus_per_worker=args.num_gpus,
                             cpus_per_worker=args.cpus_per_worker,
                             decode_cpus=args.cpus_per_task, prefetch=args.prefetch,
-                            max_retries=args.max_retries)
+                            decode_ahead=args.decode_ahead, max_retries=args.max_retries,
+                            video_decode=site)
     counts = PipelineCounts()
     progress = Progress(len(plans), total_videos=total_videos, unit="shards",
                         stages=counts.describe)
@@ -103,7 +114,8 @@ def run_pool_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespa
         busy = s["busy_s"] / max(s["busy_s"] + s["wait_s"], 1e-9)
         print(f"[c2f] worker {i} ({s['device']}, GPUs {','.join(s['gpu_ids']) or '-'}): "
               f"{s['builds']} model builds, {s['batches']} batches, {s['jpegs']} frames "
-              f"decoded here ({s['jpeg_decoder']}), busy {busy:.0%}",
+              f"decoded here ({s['jpeg_decoder']}), busy {busy:.0%}, {s['videos']} videos "
+              f"decoded into shards here ({s['video_s']:.1f} s)",
               file=sys.stderr)
     return True
 

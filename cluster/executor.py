@@ -27,12 +27,14 @@ many attempts it had, and carries the results of the rest.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cluster.resources import TaskResources, check_fits, concurrent_slots
+from pipeline.devices import VISIBLE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +127,14 @@ def _run_inprocess(
     return results
 
 
-def _apply(fn: Callable[[Any], Any], plan: Any) -> Any:
-    """The Ray task body: fn may be any picklable callable (builtins and partials included)."""
+def _apply(fn: Callable[[Any], Any], plan: Any, hide_gpus: bool = False) -> Any:
+    """The Ray task body: fn may be any picklable callable (builtins and partials included).
+
+    `hide_gpus`, for a task that reserved none: Ray leaves CUDA_VISIBLE_DEVICES unset there,
+    which means every GPU of the node, so a decoder choosing DALI `mixed` (or any CUDA use)
+    would land on GPU 0 beside the tasks that reserved it; "" makes it see none."""
+    if hide_gpus:
+        os.environ[VISIBLE_ENV] = ""
     return fn(plan)
 
 
@@ -176,7 +184,7 @@ def _run_ray(
         next_plan = 0
         while next_plan < len(plans) or pending:
             while next_plan < len(plans) and len(pending) < limit:
-                pending[remote.remote(fn_ref, plans[next_plan])] = next_plan
+                pending[remote.remote(fn_ref, plans[next_plan], need.num_gpus == 0)] = next_plan
                 next_plan += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:

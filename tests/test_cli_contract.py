@@ -66,8 +66,10 @@ def _subparser(name: str):
 def test_build_takes_every_shards_and_extract_flag_with_the_same_meaning():
     build = _options(_subparser("build"))
     for other in ("shards", "extract"):
+        # build's tasks run backbones: they reserve GPUs by --gpus-per-worker, and with --pool
+        # its videos are decoded where those GPUs are (--video-decode), so no --gpus-per-task.
         shared = {k: v for k, v in _options(_subparser(other)).items()
-                  if k not in ("--out", "--shards", "--manifest")}
+                  if k not in ("--out", "--shards", "--manifest", "--gpus-per-task")}
         assert {k: build.get(k) for k in shared} == shared
     assert "--center-crop" in build and "--target-bytes" in build
 

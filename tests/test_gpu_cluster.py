@@ -75,6 +75,18 @@ def test_reservations_follow_the_device_and_impossible_ones_are_refused() -> Non
     assert concurrent_slots({"CPU": 16.0, "GPU": 2.0}, TaskResources(2, 0)) == 8
 
 
+def test_shard_tasks_reserve_gpus_only_when_asked(gpu_cluster, tiny_dataset, tmp_path,
+                                                  capsys) -> None:
+    """`c2f shards --gpus-per-task` reserves GPUs for NVDEC; one no node can grant is refused
+    before any work, with the reason."""
+    code = c2f(["shards", "--manifest", str(tiny_dataset.manifest), "--out",
+                str(tmp_path / "s"), "--backend", "dali", "--address", gpu_cluster.address,
+                "--gpus-per-task", "3"])
+    assert code == 2
+    assert "reserves 3 GPU, but the Ray cluster has 2" in capsys.readouterr().err
+    assert not list((tmp_path / "s").glob("*.tar"))
+
+
 def test_videos_are_decoded_where_a_gpu_was_reserved_for_it(tiny_dataset, tmp_path,
                                                             capsys) -> None:
     """Only the backbone workers reserve GPUs, so NVDEC decoding goes there; PyAV stays on
@@ -137,6 +149,10 @@ def gpus_seen(plan: tuple[str, int, int]) -> tuple[str, ...]:
     return visible_gpu_ids()
 
 
+def visible_env(_: object) -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
 def test_concurrent_tasks_get_their_own_logical_gpus(gpu_cluster, tmp_path) -> None:
     (tmp_path / "w").mkdir(), (tmp_path / "h").mkdir()
     whole = run_plans(gpus_seen, [(str(tmp_path / "w"), i, 2) for i in range(2)],
@@ -145,6 +161,8 @@ def test_concurrent_tasks_get_their_own_logical_gpus(gpu_cluster, tmp_path) -> N
     halves = run_plans(gpus_seen, [(str(tmp_path / "h"), i, 4) for i in range(4)],
                        mode="cluster", num_cpus=0.5, num_gpus=0.5)
     assert sorted(halves) == [("0",), ("0",), ("1",), ("1",)]  # two tasks per GPU
+    # A task that reserved no GPU sees none (unset would mean all of them).
+    assert run_plans(visible_env, [0], mode="cluster") == [""]
     started = time.monotonic()
     with pytest.raises(ClusterResourceError, match="reserves 3 GPU, but the Ray cluster has 2"):
         run_plans(gpus_seen, [(str(tmp_path), 0, 1)], mode="cluster", num_gpus=3.0)

@@ -238,15 +238,25 @@ def _register_shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for the shards (path or s3://…)")
     add_shard_args(p)
     add_run_args(p)
+    p.add_argument("--gpus-per-task", type=float, default=0.0, metavar="N",
+                   help="on Ray: GPUs each decode task reserves, for DALI mixed (NVDEC) "
+                   "decoding; fractions share a GPU (0.25: four tasks per GPU). A task that "
+                   "reserves none sees no GPU and decodes on CPU (%(default)s)")
     p.set_defaults(handler=_shards)
 
 
 def _shards(args: argparse.Namespace) -> int:
+    from cluster.resources import TaskResources
     from pipeline import manifest as mf
     from pipeline.shards import IncompleteShardsError, finalize, plan_shards, write_shard
 
+    args.num_gpus = TaskResources(args.cpus_per_task, args.gpus_per_task).num_gpus
     table = mf.read_manifest(args.manifest)
     plans = plan_shards(table, args.out, **shard_settings(args))
+    if args.mode != "inprocess" and args.backend == "dali" and not args.num_gpus:
+        print("c2f shards: decode tasks reserve no GPU (--gpus-per-task 0), so they see none "
+              "and DALI decodes on CPU (VP8, VP9, MJPEG only); --gpus-per-task 0.25 lets four "
+              "tasks share each GPU's NVDEC", file=sys.stderr)
     code = run_with_progress(write_shard, plans, args, table.num_rows, "shards")
     if code != EXIT_OK:
         return code

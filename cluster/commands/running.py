@@ -12,6 +12,7 @@ from typing import Any
 
 from cluster.executor import DEFAULT_MAX_RETRIES, MODES, RunError, TaskFailure, run_plans
 from cluster.progress import Progress, TaskStageTimes
+from cluster.resources import ClusterResourceError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -36,7 +37,8 @@ def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
     when plans failed (the finished outputs are kept), say which and what helps: 2 when a plan
     read a shard (`input_shard(plan)` gives its path) whose tar cannot be read to the end, which
     must be rebuilt (`rebuild` says how) since a re-run would read the same bytes; else 1, and
-    a re-run finishes them. `on_failures` gets the failed plans (e.g. to write a failures
+    a re-run finishes them; 2 also when the cluster can never grant one task's reservation.
+    `on_failures` gets the failed plans (e.g. to write a failures
     table); the GPUs reserved per task and the retries of dead workers come from args.num_gpus /
     args.max_retries if set."""
     stage_times = TaskStageTimes()  # filled by results that time their stages (c2f build)
@@ -53,6 +55,10 @@ def run_with_progress(fn: Callable, plans: Sequence, args: argparse.Namespace,
                   num_gpus=getattr(args, "num_gpus", 0.0),
                   max_retries=getattr(args, "max_retries", DEFAULT_MAX_RETRIES),
                   on_result=on_result)
+    except ClusterResourceError as exc:  # nothing ran: the reservation can never be granted
+        progress.close()
+        print(f"c2f {name}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RunError as exc:
         progress.close()
         if on_failures is not None:

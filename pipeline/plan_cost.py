@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.sampling import target_times
-from pipeline.types import FrameFormat, SamplingPlan
+from pipeline.types import DecodeError, FrameFormat, SamplingPlan
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,24 @@ def estimate(
     )
 
 
-def measure_decode(path: str, sampling: SamplingPlan, fmt: FrameFormat,
-                   backend: str = "pyav") -> float:
-    """Sampled frames/s of decoding + JPEG-encoding one video on this core."""
+def measure_decode(paths: Sequence[str], sampling: SamplingPlan, fmt: FrameFormat,
+                   backend: str = "pyav", tries: int = 5) -> float:
+    """Sampled frames/s of decoding + JPEG-encoding one video on this core: the first of the
+    first `tries` paths that decodes here (planning often runs where some, or all, videos are
+    not reachable). DecodeError naming the last reason when none does."""
     from pipeline.shard_worker import decode_and_encode
 
-    started = time.perf_counter()
-    encoded = decode_and_encode(path, sampling, fmt, backend)
-    return len(encoded.jpegs) / (time.perf_counter() - started)
+    error = DecodeError("open", "no videos to measure")
+    for path in list(paths)[:tries]:
+        started = time.perf_counter()
+        try:
+            encoded = decode_and_encode(path, sampling, fmt, backend)
+        except DecodeError as exc:
+            error = exc
+            continue
+        return len(encoded.jpegs) / (time.perf_counter() - started)
+    raise DecodeError(error.stage, f"none of the first {tries} videos decodes here; last: "
+                      f"{error.reason}")
 
 
 def measure_view(backbone: str, size: int, device: str = "cpu", batch: int = 8,

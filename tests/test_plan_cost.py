@@ -55,3 +55,24 @@ def test_cli_plan_probes_missing_durations_and_measures_what_is_not_given(
     assert info["throughputs"]["decode_fps_per_cpu"] > 0
     assert "measured on this machine" in info["throughputs"]["source"]
     assert pq.read_table(manifest).num_rows == 6
+
+
+def test_cli_plan_calibrates_on_a_video_it_can_read_or_says_what_to_give(
+    tiny_dataset, tmp_path, capsys
+):
+    """Planning often runs where the videos are not (a laptop planning a cluster's dataset):
+    unreadable videos are passed over for the calibration, and with none readable the user is
+    told to give --decode-fps, instead of a traceback."""
+    rows = [ManifestRow(**r) for r in read_manifest(tiny_dataset.manifest).to_pylist()]
+    rows[0].path = str(tmp_path / "elsewhere.mp4")
+    args = ["plan", "--view", "f=resnet18@64", "--images-per-s", "f=200", "--json"]
+    manifest = write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
+    assert c2f([*args, "--manifest", str(manifest)]) == 0
+    assert json.loads(capsys.readouterr().out)["throughputs"]["decode_fps_per_cpu"] > 0
+    for row in rows:
+        row.path = str(tmp_path / "elsewhere.mp4")
+    manifest = write_manifest(rows_to_table(rows), tmp_path / "away.parquet")
+    assert c2f([*args, "--manifest", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot measure decoding here" in err and "give --decode-fps" in err
+    assert c2f([*args, "--manifest", str(manifest), "--decode-fps", "30"]) == 0

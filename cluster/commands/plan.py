@@ -51,7 +51,7 @@ def _plan(args: argparse.Namespace) -> int:
         measure_decode,
         measure_view,
     )
-    from pipeline.types import FrameFormat, SamplingPlan
+    from pipeline.types import DecodeError, FrameFormat, SamplingPlan
 
     try:
         table = mf.read_manifest(args.manifest)
@@ -70,7 +70,12 @@ def _plan(args: argparse.Namespace) -> int:
     measured = []
     decode_fps = args.decode_fps
     if decode_fps is None:
-        decode_fps = measure_decode(table.column("path")[0].as_py(), sampling, fmt)
+        try:
+            decode_fps = measure_decode(table.column("path").to_pylist(), sampling, fmt)
+        except DecodeError as exc:
+            print(f"c2f plan: cannot measure decoding here ({exc}); give --decode-fps F, the "
+                  "sampled frames/s of one CPU core where the videos are", file=sys.stderr)
+            return EXIT_BAD_INPUT
         measured.append("decode")
     rates = {}
     for v in views:

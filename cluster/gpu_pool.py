@@ -51,6 +51,7 @@ from cluster.resources import ClusterResourceError, TaskResources, check_fits
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0  # longest wait for any event before saying what the run waits for
+PROBE_RETRIES = 3  # Ray's retries of a probe of a restarting worker (each waits for the restart)
 
 
 @dataclass(frozen=True)
@@ -401,6 +402,8 @@ class PoolRun:
         self.worker_stats: list[dict] = []
         self.counts = counts if counts is not None else PipelineCounts()
         self.on_tick = on_tick
+        self._actors: list = []
+        self._probes: dict[int, Any] = {}  # worker -> its probe, while it may not answer
         first = getattr(self.plans[0], "extract", self.plans[0])
         self.first = first
         s = settings
@@ -486,6 +489,7 @@ class PoolRun:
         actors = [self._new_worker() for _ in range(s.pool_size)]
         layout = self._layout(actors)
         load = {i: 0 for i in range(len(actors))}
+        self._actors, self._probes = actors, {}
         queue = list(todo)
         decoding: dict[Any, _Shard] = {}  # streaming decode tasks, and shards on workers
         inflight: dict[Any, tuple[_Shard, int, Any]] = {}
@@ -495,11 +499,13 @@ class PoolRun:
         try:
             while queue or decoding or inflight or writing:
                 self._count(decoding, inflight, writing)
-                while queue and len(decoding) < s.decode_ahead * len(actors):
-                    self._start_decoding(queue.pop(0), actors, decoding)
-                waitables = list(inflight) + list(writing)
+                answering = [i for i in range(len(actors)) if i not in self._probes]
+                while queue and len(decoding) < s.decode_ahead * len(actors) and \
+                        self._start_decoding(queue[0], actors, decoding, answering):
+                    queue.pop(0)
+                waitables = list(inflight) + list(writing) + list(self._probes.values())
                 waitables += [r for r, x in decoding.items() if x.generator is not r]
-                if len(inflight) < capacity:
+                if len(inflight) < capacity and answering:
                     waitables += [r for r, x in decoding.items() if x.generator is r]
                 # fetch_local=False: outputs go from the workers to the writer tasks; the
                 # driver only needs to know they exist.
@@ -511,10 +517,14 @@ class PoolRun:
                     if time.monotonic() - last_event > s.stall_s:
                         actors = self._restart(actors, queue, decoding, inflight, writing)
                         load = {i: 0 for i in range(len(actors))}
+                        self._actors, self._probes = actors, {}
                         last_event = time.monotonic()
                     continue
                 last_event = time.monotonic()
                 for ref in ready:
+                    if ref in self._probes.values():
+                        self._probed(ref)
+                        continue
                     if ref in decoding and decoding[ref].generator is not ref:
                         self._shard_written(decoding, ref, queue)
                         continue
@@ -542,19 +552,46 @@ class PoolRun:
             for a in actors:
                 ray.kill(a)
 
-    def _start_decoding(self, shard: _Shard, actors: list, decoding: dict) -> None:
-        """A decode task for the shard; for a build whose videos the workers decode, first
-        the shard's write on the worker writing the fewest."""
+    def _start_decoding(self, shard: _Shard, actors: list, decoding: dict,
+                        answering: list[int]) -> bool:
+        """Start a decode task for the shard; for a build whose videos the workers decode,
+        first the shard's write on the answering worker writing the fewest (False, nothing
+        started, when no worker answers now)."""
         if self.settings.video_decode == "workers" and hasattr(shard.plan, "shard"):
-            busy = [sum(1 for x in decoding.values() if x.writer == i and x.generator is None)
-                    for i in range(len(actors))]
-            shard.writer = busy.index(min(busy))
+            if not answering:
+                return False
+            busy = {i: sum(1 for x in decoding.values() if x.writer == i and x.generator is None)
+                    for i in answering}
+            shard.writer = min(busy, key=busy.get)
             ref = actors[shard.writer].write_shard.options(
                 concurrency_group="videos").remote(shard.plan.shard)
             decoding[ref] = shard
-            return
+            return True
         shard.generator = self._decode.remote(shard.plan)
         decoding[shard.generator] = shard
+        return True
+
+    def _hold_workers(self) -> None:
+        """After a failure of Ray's own, send no work to a worker until it answers: a worker
+        that is restarting (its node lost) fails every call at once, which would spend a
+        shard's attempts in seconds. The probe waits for the restart (Ray retries it then)."""
+        for i, actor in enumerate(self._actors):
+            if i not in self._probes:
+                self._probes[i] = actor.stats.options(max_task_retries=PROBE_RETRIES).remote()
+
+    def _probed(self, ref: Any) -> None:
+        """A probe came back: its worker takes work again, or is asked again a second later."""
+        i = next(i for i, r in self._probes.items() if r == ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            log.warning("worker %d does not answer yet (%s); asking again", i,
+                        str(exc).strip().splitlines()[-1])
+            time.sleep(1.0)
+            self._probes[i] = self._actors[i].stats.options(
+                max_task_retries=PROBE_RETRIES).remote()
+            return
+        del self._probes[i]
 
     def _shard_written(self, decoding: dict, ref: Any, queue: list[_Shard]) -> None:
         """A worker finished writing a shard: stream its batches from the tar, or count the
@@ -576,8 +613,10 @@ class PoolRun:
             self._failed(shard, exc, queue)
 
     def _failed(self, shard: _Shard, exc: Exception, queue: list[_Shard]) -> None:
-        """Another attempt for Ray's failures, none for the code's own."""
+        """Another attempt for Ray's failures (once the workers answer), none for the code's
+        own."""
         if system_failure(self.ray, exc):
+            self._hold_workers()
             self._retry(shard, str(exc).strip().splitlines()[-1], queue)
         else:
             self._fail(shard, str(exc), False)
@@ -650,7 +689,7 @@ class PoolRun:
             del decoding[gen]
             return shard
         self.counts.decoded += 1
-        actor = min(load, key=load.get)
+        actor = min((i for i in load if i not in self._probes), key=load.get)
         load[actor] += 1
         shard.on_workers += 1
         outputs, frames = actors[actor].forward.options(num_returns=2).remote(ref)

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featstore import storage
-from pipeline.devices import VISIBLE_ENV
 from pipeline.types import DecodeError, FrameFormat, SamplingPlan
 
 if TYPE_CHECKING:
@@ -162,18 +161,13 @@ def main() -> None:
 class DecodeWorker:
     """One reusable decoding child with a per-video timeout; use as a context manager."""
 
-    def __init__(self, timeout_s: float = 120.0, probe_gpu: bool = False,
-                 visible_gpus: str | None = None) -> None:
+    def __init__(self, timeout_s: float = 120.0, probe_gpu: bool = False) -> None:
         """`probe_gpu=True` (for the `auto` and `dali` backends) makes the child look for a GPU
-        while starting, so the seconds that takes are not charged to the first video.
-        `visible_gpus` becomes the child's CUDA_VISIBLE_DEVICES ("" hides every GPU: a Ray
-        task that reserved none would otherwise see them all and decode on GPU 0); None
-        keeps this process's."""
+        while starting, so the seconds that takes are not charged to the first video."""
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s = float(timeout_s)
         self.probe_gpu = probe_gpu
-        self.visible_gpus = visible_gpus
         self.restarts = 0
         self._process: subprocess.Popen | None = None
         self._send: Connection | None = None
@@ -193,8 +187,6 @@ class DecodeWorker:
     def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
-        if self.visible_gpus is not None:
-            env[VISIBLE_ENV] = self.visible_gpus
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.shard_worker", *(["--probe-gpu"] * self.probe_gpu)],
             stdin=subprocess.PIPE,

@@ -498,11 +498,8 @@ def _skip_result(plan: ShardPlan, sidecar: dict, started: float) -> ShardResult:
     )
 
 
-def write_shard(plan: ShardPlan, *, visible_gpus: str | None = None) -> ShardResult:
+def write_shard(plan: ShardPlan) -> ShardResult:
     """Decode the plan's videos into one finished shard and its sidecar, or skip if done.
-
-    `visible_gpus` is the decoding child's CUDA_VISIBLE_DEVICES (None: this process's; ""
-    for a caller that reserved no GPU, so `auto` and `dali` decode on the CPU).
 
     Failed videos are left out of the tar and recorded as error rows. Problems that are not
     about one video raise and leave no shard behind, so a re-run retries it: an output
@@ -526,8 +523,7 @@ def write_shard(plan: ShardPlan, *, visible_gpus: str | None = None) -> ShardRes
         with (
             open(tmp, "wb") as fh,
             open_tar_writer(fh) as tar,
-            DecodeWorker(plan.timeout_s, probe_gpu=plan.backend != "pyav",
-                         visible_gpus=visible_gpus) as worker,
+            DecodeWorker(plan.timeout_s, probe_gpu=plan.backend != "pyav") as worker,
         ):
             for video in plan.videos:
                 try:

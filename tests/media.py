@@ -189,7 +189,7 @@ def truncate_copy(src: str | Path, dst: str | Path, fraction: float) -> Path:
 
 
 def class_split_shards(root: Path, videos: int, classes: int, train_per_class: int,
-                       frames: int) -> Path:
+                       frames: int, seed: int = 5, videos_per_shard: int = 12) -> Path:
     """Shards of generated stripe-pair videos (pipeline/synth.py) at 48 px, so the stripes
     survive: the first `train_per_class` videos of each class are `train`, the rest `test`."""
     import pyarrow as pa
@@ -199,7 +199,7 @@ def class_split_shards(root: Path, videos: int, classes: int, train_per_class: i
     from pipeline.synth import SynthConfig, make_synthetic_dataset
     from pipeline.types import FrameFormat, SamplingPlan
 
-    make_synthetic_dataset(root, SynthConfig(videos=videos, classes=classes, seed=5, width=64,
+    make_synthetic_dataset(root, SynthConfig(videos=videos, classes=classes, seed=seed, width=64,
                                              height=48, fps=8.0, min_duration=2.0,
                                              max_duration=3.0))
     table = read_manifest(root / "manifest.parquet")
@@ -211,7 +211,7 @@ def class_split_shards(root: Path, videos: int, classes: int, train_per_class: i
     table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
     out = root / "shards"
     for plan in plan_shards(table, out, sampling=SamplingPlan(fps=None, frames=frames),
-                            fmt=FrameFormat(short_side=48), videos_per_shard=12):
+                            fmt=FrameFormat(short_side=48), videos_per_shard=videos_per_shard):
         write_shard(plan)
     finalize(out)
     return out

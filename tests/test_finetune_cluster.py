@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import ray
+from clusters import swapped_in_cluster
 from ray.cluster_utils import Cluster
 
 from trainers.finetune import finetune
@@ -17,19 +17,9 @@ from trainers.finetune_config import resolve_finetune_config
 @pytest.fixture
 def two_nodes() -> Iterator[Cluster]:
     """A head and one more node, 1 CPU each; any Ray the session had is stopped and restored."""
-    was_running = ray.is_initialized()
-    if was_running:
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
-                                                            "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
+    with swapped_in_cluster({"num_cpus": 1, "include_dashboard": False},
+                            [{"num_cpus": 1}], connect=False) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if was_running:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def test_multi_node_run_without_shared_storage_is_refused(two_nodes, tmp_path):

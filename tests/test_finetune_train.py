@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from media import class_split_shards
@@ -20,10 +19,6 @@ from backbones.weights import file_sha256
 from cluster.cli import main as c2f
 from featstore import open_store
 from pipeline.extract import parse_view
-from pipeline.manifest import read_manifest
-from pipeline.shards import finalize, plan_shards, write_shard
-from pipeline.synth import SynthConfig, make_synthetic_dataset
-from pipeline.types import FrameFormat, SamplingPlan
 from trainers.checkpoint import load_checkpoint
 from trainers.clips import ClipLoader, ClipSpec, shard_urls
 from trainers.encoder import ClipEncoder, EndToEnd
@@ -34,28 +29,14 @@ from trainers.method import TrainState
 from trainers.methods import method_spec
 
 STORED_FRAMES = 8
-# 12 videos of 4 classes; splits reassigned below: 2 train + 1 test video per class
-SYNTH = SynthConfig(videos=12, classes=4, seed=3, width=64, height=48, fps=8.0,
-                    min_duration=2.0, max_duration=3.0)
 
 
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("e2e_train")
-    make_synthetic_dataset(root, SYNTH)
-    table = read_manifest(root / "manifest.parquet")
-    seen: dict[str, int] = {}
-    splits = []
-    for labels in table.column("labels").to_pylist():
-        seen[labels[0]] = seen.get(labels[0], 0) + 1
-        splits.append("train" if seen[labels[0]] <= 2 else "test")
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
-    out = root / "shards"
-    for plan in plan_shards(table, out, sampling=SamplingPlan(fps=None, frames=STORED_FRAMES),
-                            fmt=FrameFormat(short_side=48), videos_per_shard=6):
-        write_shard(plan)
-    finalize(out)
-    return out
+    """12 videos of 4 classes: 2 train + 1 test video per class."""
+    return class_split_shards(tmp_path_factory.mktemp("e2e_train"), videos=12, classes=4,
+                              train_per_class=2, frames=STORED_FRAMES, seed=3,
+                              videos_per_shard=6)
 
 
 def test_gradients_reach_trained_backbones_and_not_frozen_ones():

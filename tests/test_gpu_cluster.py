@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
+from clusters import swapped_in_cluster
 from media import make_video
 from ray import cloudpickle
 from ray.cluster_utils import Cluster
@@ -121,20 +122,10 @@ def test_only_failures_of_ray_itself_earn_a_shard_another_attempt() -> None:
 def gpu_cluster() -> Iterator[Cluster]:
     """Head without CPUs + one worker node with 2 CPUs and 2 logical GPUs; node deaths are
     noticed within ~1 s. Any Ray the session had running is stopped first and restored after."""
-    was_running = ray.is_initialized()
-    if was_running:
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "_system_config": FAST_DEATH})
-    try:
-        cluster.add_node(num_cpus=2, num_gpus=2)
-        ray.init(address=cluster.address, log_to_driver=False)
+    with swapped_in_cluster({"num_cpus": 0, "include_dashboard": False,
+                             "_system_config": FAST_DEATH},
+                            [{"num_cpus": 2, "num_gpus": 2}]) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if was_running:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def gpus_seen(plan: tuple[str, int, int]) -> tuple[str, ...]:

@@ -27,14 +27,13 @@ many attempts it had, and carries the results of the rest.
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cluster.resources import TaskResources, check_fits, concurrent_slots
-from pipeline.devices import VISIBLE_ENV
+from pipeline.devices import hide_gpus
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +126,12 @@ def _run_inprocess(
     return results
 
 
-def _apply(fn: Callable[[Any], Any], plan: Any, hide_gpus: bool = False) -> Any:
+def _apply(fn: Callable[[Any], Any], plan: Any, no_gpus: bool = False) -> Any:
     """The Ray task body: fn may be any picklable callable (builtins and partials included).
 
-    `hide_gpus`, for a task that reserved none: Ray leaves CUDA_VISIBLE_DEVICES unset there,
-    which means every GPU of the node, so a decoder choosing DALI `mixed` (or any CUDA use)
-    would land on GPU 0 beside the tasks that reserved it; "" makes it see none."""
-    if hide_gpus:
-        os.environ[VISIBLE_ENV] = ""
+    `no_gpus`: the task reserved none, so it must see none (`pipeline.devices.hide_gpus`)."""
+    if no_gpus:
+        hide_gpus()
     return fn(plan)
 
 

@@ -120,14 +120,13 @@ class BatchOutputs:
 
 
 def _shard_samples(plan: Any, decode_frames: bool) -> tuple[Any, Iterator]:
-    """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard
-    with every GPU hidden from the decoder (this task reserved none)."""
+    """(extract plan, samples) of an ExtractPlan, or of a BuildPlan after writing its shard."""
     from pipeline.reader import iter_shard
     from pipeline.shards import write_shard
 
     extract = getattr(plan, "extract", plan)
     if extract is not plan:
-        write_shard(plan.shard, visible_gpus="")
+        write_shard(plan.shard)
     return extract, iter_shard(extract.shard, decode_frames=decode_frames)
 
 
@@ -181,6 +180,9 @@ def decode_chunks(plan: Any) -> Iterator[FrameBatch]:
     """The body of the streaming decode task (one per shard)."""
     import torch
 
+    from pipeline.devices import hide_gpus
+
+    hide_gpus()  # this task reserved no GPU: its video decoder must not use one
     extract = getattr(plan, "extract", plan)
     if extract.threads:
         torch.set_num_threads(extract.threads)

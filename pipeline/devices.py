@@ -22,6 +22,14 @@ def visible_gpu_ids() -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def hide_gpus() -> None:
+    """Make this process, and the decoders it starts, see no GPU. For Ray task bodies that
+    reserved none: Ray leaves CUDA_VISIBLE_DEVICES unset there, which means every GPU of the
+    node, so DALI `mixed` (chosen by `auto`) would decode on GPU 0 beside the tasks that
+    reserved it."""
+    os.environ[VISIBLE_ENV] = ""
+
+
 def worker_device(device: str) -> str:
     """'cpu' -> 'cpu'; 'cuda' -> 'cuda:0' (the first GPU this worker was assigned).
 

@@ -23,6 +23,7 @@ import webdataset
 from media import make_video
 
 from pipeline.decode import decode_video
+from pipeline.devices import hide_gpus
 from pipeline.encode import write_video
 from pipeline.imageops import encode_jpeg
 from pipeline.keys import sample_key
@@ -333,17 +334,19 @@ def test_decoder_that_cannot_start_fails_the_shard_not_the_videos(clips, tmp_pat
 
 def test_a_decoder_for_a_task_without_gpus_sees_none(clips, monkeypatch):
     """A Ray task that reserved no GPU sees CUDA_VISIBLE_DEVICES unset, i.e. every GPU of its
-    node: its decoding child must get "" so `auto`/`dali` cannot decode on GPU 0 unreserved."""
+    node: the task hides them, so its decoding child gets "" and `auto`/`dali` cannot decode
+    on GPU 0 unreserved."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
 
-    def child_env(visible):
-        with DecodeWorker(30.0, visible_gpus=visible) as worker:
+    def child_env():
+        with DecodeWorker(30.0) as worker:
             worker.run(str(clips[0]), SAMPLING, FMT, "pyav")
             raw = Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
         return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
-    assert child_env("")["CUDA_VISIBLE_DEVICES"] == ""
-    assert child_env(None)["CUDA_VISIBLE_DEVICES"] == "3"
+    assert child_env()["CUDA_VISIBLE_DEVICES"] == "3"
+    hide_gpus()  # what a Ray task body that reserved no GPU does first
+    assert child_env()["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_shards_from_other_settings_are_never_mixed_in(clips, tmp_path):
